@@ -1,0 +1,90 @@
+"""Batches drawn by index from uint8 tensors held in memory.
+
+No per-sample PIL or ToTensor: a batch is one gather, one conversion to float and one
+normalisation. Shuffling and augmentation are pure functions of (seed, epoch, batch index), so a
+run resumed in the middle of an epoch sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from cnnrnn.data.fashion_mnist import MEAN, STD
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (SplitMix64-style mixing), stable across runs."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (p + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2))) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """Raw uint8 pixels (B, H, W) -> normalised float input (B, 1, H, W)."""
+    return ((images.float() / 255.0 - MEAN) / STD).unsqueeze(1)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2,
+            flip: bool = True) -> torch.Tensor:
+    """Random horizontal flips and translations by up to `max_shift` pixels (zero fill).
+
+    images: (B, H, W) uint8; returns the same shape and dtype.
+    """
+    b, h, w = images.shape
+    if flip:
+        flipped = torch.rand(b, generator=generator) < 0.5
+        images = torch.where(flipped[:, None, None], images.flip(-1), images)
+    if max_shift:
+        padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # (B, H+2s, W+2s)
+        dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+        dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+        images = padded[torch.arange(b)[:, None, None], rows, cols]
+    return images
+
+
+@dataclass
+class IndexedBatches:
+    """Shuffled mini-batches of (images, targets) for one epoch.
+
+    images: (N, H, W) uint8; targets: (N, ...) any dtype. `drop_last` keeps every step the same
+    size, so ms-per-step is comparable across epochs.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    batch_size: int
+    seed: int
+    augment: bool = False
+    drop_last: bool = True
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield batches `start..len-1` of `epoch` as (x (B, 1, H, W) float, targets)."""
+        order = torch.randperm(len(self.images),
+                               generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+        for i in range(start, len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            images = self.images[idx]
+            if self.augment:
+                g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, i))
+                images = augment(images, g)
+            yield to_input(images), self.targets[idx]
+
+
+def sequential_batches(images: torch.Tensor, batch_size: int
+                       ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (offset, x (B, 1, H, W) float) over `images` in order, for evaluation."""
+    for i in range(0, len(images), batch_size):
+        yield i, to_input(images[i:i + batch_size])
