@@ -1,0 +1,121 @@
+"""Every single-label model: shapes, finite outputs, gradients; the registry; VGG import."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from cnnrnn.errors import CheckpointError, ConfigError
+from cnnrnn.models import build_model, count_parameters, model_names
+from cnnrnn.models.registry import make_args, register
+from cnnrnn.models.vgg import VGGArgs, VGGEncoder, load_torchvision_vgg16
+
+SINGLE = model_names("single-label")
+
+
+def test_registry_lists_all_single_label_models():
+    assert set(SINGLE) >= {"rnn", "lstm", "gru", "cnn", "vgg16"}
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_shape_finite_and_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = build_model(name)
+    x = torch.randn(3, 1, 28, 28)
+    logits = model(x)
+    assert logits.shape == (3, 10)
+    assert torch.isfinite(logits).all()
+    feats = model.forward_features(x)
+    assert feats.shape == (3, model.num_features)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2])).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+def test_seed_essay_lstm_parameter_count():
+    assert count_parameters(build_model("lstm")) == 162_574  # LSTM(28 -> 186) + Linear(186 -> 10)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_recurrent_options(cell):
+    model = build_model(cell, {"hidden_size": 16, "num_layers": 2, "bidirectional": True,
+                               "dropout": 0.1})
+    assert model.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 32)
+
+
+def test_recurrent_reads_rows_as_time_steps():
+    # Changing only the last row must change the output of a forward-only RNN; the first
+    # row's influence passes through all 28 steps.
+    torch.manual_seed(0)
+    model = build_model("gru", {"hidden_size": 8}).eval()
+    x = torch.randn(1, 1, 28, 28)
+    y = x.clone()
+    y[0, 0, 27] += 1.0
+    assert not torch.allclose(model(x), model(y))
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown model 'lstn'.*did you mean 'lstm'.*known "
+                                          r"models: cnn, gru, lstm, rnn, vgg16"):
+        build_model("lstn", task="single-label")
+
+
+def test_model_option_typo_and_type():
+    with pytest.raises(ConfigError, match="unknown option 'hiden_size' for model 'lstm'"):
+        make_args("lstm", {"hiden_size": 3})
+    with pytest.raises(ConfigError, match="'hidden_size' must be int, got '3'"):
+        make_args("lstm", {"hidden_size": "3"})
+    with pytest.raises(ConfigError, match="dropout must be in"):
+        make_args("gru", {"dropout": 1.5})
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="registered twice"):
+        register("lstm", VGGArgs, ("single-label",), "again")(lambda a, k: None)
+
+
+def test_vgg_runs_on_items_and_mosaics():
+    enc = VGGEncoder(width=0.125)
+    assert enc.forward_feature_map(torch.randn(2, 1, 28, 28)).shape[2:] == (1, 1)
+    assert enc.forward_feature_map(torch.randn(2, 1, 56, 56)).shape[2:] == (2, 2)
+    assert enc.forward_features(torch.randn(2, 1, 56, 56)).shape == (2, enc.num_features)
+    convs = [m for m in enc.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_torchvision_vgg16_import_gives_the_same_features(tmp_path, batch_norm):
+    torch.manual_seed(0)
+    tv = (torchvision.models.vgg16_bn if batch_norm else torchvision.models.vgg16)(weights=None)
+    tv.eval()
+    with torch.no_grad():  # non-trivial BN statistics, so the test also covers buffers
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "vgg.pt"
+    torch.save(tv.state_dict(), path)
+    enc = VGGEncoder(width=1.0, batch_norm=batch_norm).eval()
+    load_torchvision_vgg16(enc, path)
+    grey = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = tv.features(grey.repeat(1, 3, 1, 1))
+        got = enc.forward_feature_map(grey)
+    assert got.shape == expected.shape == (2, 512, 2, 2)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torchvision_import_errors(tmp_path):
+    tv = torchvision.models.vgg16(weights=None)
+    path = tmp_path / "vgg.pt"
+    torch.save(tv.state_dict(), path)
+    with pytest.raises(CheckpointError, match="set model.width = 1.0"):
+        load_torchvision_vgg16(VGGEncoder(width=0.25, batch_norm=False), path)
+    with pytest.raises(CheckpointError, match="without batch norm .* set model.batch_norm = false"):
+        load_torchvision_vgg16(VGGEncoder(width=1.0, batch_norm=True), path)
+    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(CheckpointError, match="not a torchvision VGG-16 state_dict"):
+        load_torchvision_vgg16(VGGEncoder(width=1.0), path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_torchvision_vgg16(VGGEncoder(width=1.0), tmp_path / "nope.pt")
