@@ -1,0 +1,295 @@
+"""Synthetic multi-item images: Fashion-MNIST items on a grid of 28x28 cells.
+
+A mosaic is a (grid*28, grid*28) uint8 canvas, by default 56x56 = 2x2 cells. Each cell holds
+one Fashion-MNIST item or stays black (0). A label prior (`cnnrnn.data.priors`) says how many
+items a mosaic holds and of which classes; the ground truth is the set of classes present, as a
+multi-hot (10,) uint8 vector (a class in two cells is still a single 1).
+
+Generation is vectorised over the batch with no Python loop (the default layout is a single
+gather of pool images), deterministic for a torch.Generator, and fast enough to run on the fly
+during training. Training and validation mosaics take items only from the training
+images, split by `train_val_split`; test mosaics only from the test images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, train_val_split
+from cnnrnn.data.priors import Prior, load_prior
+from cnnrnn.errors import ConfigError, DataError
+
+CELL = 28  # pixels per side of a cell: one Fashion-MNIST image
+NUM_CLASSES = len(CLASSES)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class MosaicLayout:
+    """Where items go on the canvas. The default (2x2, no jitter, no scaling) pastes items as is.
+
+    Fields:
+        grid: cells per side; the canvas is (grid*28, grid*28) pixels.
+        jitter: largest shift of an item within its cell, pixels, drawn uniformly per axis from
+            -jitter..jitter; what leaves the cell is cut off, so cells never overlap.
+        scale_min, scale_max: each item is shrunk by a factor drawn uniformly from
+            [scale_min, scale_max] (bilinear resampling) and placed uniformly at random where it
+            fits inside its cell (before jitter). 1.0 keeps items at 28x28.
+    """
+
+    grid: int = 2
+    jitter: int = 0
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or not (
+            1 <= self.grid <= 16
+        ):
+            raise ConfigError(f"mosaic grid must be an integer in 1..16, got {self.grid!r}")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int) or not (
+            0 <= self.jitter < CELL
+        ):
+            raise ConfigError(f"mosaic jitter must be an integer in 0..{CELL - 1} pixels, "
+                              f"got {self.jitter!r}")
+        if not 0.1 <= self.scale_min <= self.scale_max <= 1.0:
+            raise ConfigError("mosaic scale must satisfy 0.1 <= scale_min <= scale_max <= 1, got "
+                              f"scale_min={self.scale_min}, scale_max={self.scale_max}")
+
+    @property
+    def cells(self) -> int:
+        """Cells per mosaic, grid * grid."""
+        return self.grid * self.grid
+
+    @property
+    def size(self) -> int:
+        """Canvas side in pixels."""
+        return self.grid * CELL
+
+    @property
+    def pastes_as_is(self) -> bool:
+        """True when items are copied pixel for pixel (no jitter, no scaling)."""
+        return self.jitter == 0 and self.scale_min == 1.0 and self.scale_max == 1.0
+
+
+class MosaicGenerator:
+    """Draws mosaics from a pool of items under a label prior and a layout.
+
+    Per mosaic: a theme, a number of items m, m distinct cells chosen uniformly, a class per
+    cell from the theme, then a uniformly random pool item of that class.
+
+    Args:
+        images: (N, 28, 28) uint8, the item pool.
+        labels: (N,) int64 classes 0..9 of the pool items.
+        prior: the label prior.
+        layout: canvas layout; default 2x2, items pasted as is.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prior: Prior,
+                 layout: MosaicLayout = MosaicLayout()) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 3 or images.shape[1:] != (CELL, CELL):
+            raise DataError(f"mosaic item pool must be (N, {CELL}, {CELL}) uint8, got "
+                            f"{tuple(images.shape)} {images.dtype}")
+        if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+            raise DataError(f"mosaic pool labels must be ({len(images)},) int64, got "
+                            f"{tuple(labels.shape)} {labels.dtype}")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < NUM_CLASSES:
+            raise DataError(f"mosaic pool labels must lie in 0..{NUM_CLASSES - 1}")
+        if prior.max_items > layout.cells:
+            raise ConfigError(f"prior {prior.name!r} allows {prior.max_items} items but a "
+                              f"{layout.grid}x{layout.grid} grid has {layout.cells} cells; use a "
+                              "larger grid or shorten item_counts")
+        self.prior = prior
+        self.layout = layout
+        device = images.device
+
+        # Items sorted by class, so "a random item of class k" is one index into a block.
+        self._class_size = torch.bincount(labels, minlength=NUM_CLASSES)  # (K,)
+        self._class_start = torch.cumsum(self._class_size, 0) - self._class_size  # (K,)
+        self._by_class = torch.argsort(labels, stable=True)  # (N,)
+        needed = prior.class_marginal().to(device) > 0
+        missing = [CLASSES[k] for k in range(NUM_CLASSES)
+                   if needed[k] and self._class_size[k] == 0]
+        if missing:
+            raise DataError(f"the item pool has no images of {', '.join(missing)}, which prior "
+                            f"{prior.name!r} draws; give a pool with every class")
+        # Row N of the pool is a black cell, so empty cells are filled by the same gather.
+        self._pool = torch.cat([images, images.new_zeros(1, CELL, CELL)])  # (N + 1, 28, 28)
+        self._blank = len(images)
+
+        f64 = dict(dtype=torch.float64, device=device)
+        self._theme_w = torch.tensor(prior.theme_weights, **f64)  # (T,)
+        self._count_w = torch.tensor(prior.item_counts, **f64)  # (M,)
+        probs = torch.tensor(prior.class_probs, **f64)  # (T, K)
+        cdf = torch.cumsum(probs, 1)  # (T, K)
+        # From each theme's last class of positive weight on, the CDF is exactly 1, so rounding
+        # can never hand a u in [0.99999..., 1) to a class of zero weight (maybe absent here).
+        for t, row in enumerate(probs):
+            cdf[t, int(torch.nonzero(row).max()):] = 1.0
+        self._class_cdf = cdf
+
+    def sample(self, n: int, generator: torch.Generator, return_items: bool = False
+               ) -> tuple[torch.Tensor, ...]:
+        """Draw n mosaics; the same generator state gives the same mosaics.
+
+        Returns:
+            images: (n, S, S) uint8 with S = grid * 28.
+            labels: (n, 10) uint8 multi-hot set of the classes present.
+            items (only if return_items): (n, cells) int64 pool index of the item in each cell,
+                cells in row-major order, -1 where the cell is empty.
+        """
+        if n < 1:
+            raise ConfigError(f"number of mosaics must be at least 1, got {n}")
+        g, C, device = generator, self.layout.cells, self._pool.device
+        theme = torch.multinomial(self._theme_w, n, replacement=True, generator=g)  # (n,)
+        m = torch.multinomial(self._count_w, n, replacement=True, generator=g) + 1  # (n,)
+        # The m cells with the smallest random keys: every set of m cells is equally likely.
+        keys = torch.rand(n, C, generator=g, device=device)  # (n, C)
+        occupied = keys.argsort(1).argsort(1) < m[:, None]  # (n, C)
+        # Class per cell by inverse CDF of its mosaic's theme; zero-weight classes never win.
+        u = torch.rand(n, C, generator=g, dtype=torch.float64, device=device)  # (n, C)
+        cls = torch.searchsorted(self._class_cdf[theme], u, right=True)  # (n, C)
+        v = torch.rand(n, C, generator=g, dtype=torch.float64, device=device)  # (n, C)
+        size = self._class_size[cls]  # (n, C)
+        offset = torch.minimum((v * size).long(), size - 1)  # v * size can round up to size
+        item = self._by_class[self._class_start[cls] + offset]  # (n, C)
+
+        tiles = self._pool[torch.where(occupied, item, self._blank)]  # (n, C, 28, 28)
+        if not self.layout.pastes_as_is:
+            tiles[occupied] = self._place(tiles[occupied], g)  # empty cells stay black as they are
+        G = self.layout.grid
+        images = (tiles.view(n, G, G, CELL, CELL).permute(0, 1, 3, 2, 4)  # (n, G, 28, G, 28)
+                  .reshape(n, G * CELL, G * CELL))
+        present = torch.where(occupied, cls, NUM_CLASSES)  # (n, C); K marks an empty cell
+        labels = F.one_hot(present, NUM_CLASSES + 1)[..., :NUM_CLASSES].amax(1)  # (n, K)
+        labels = labels.to(torch.uint8)
+        if return_items:
+            return images, labels, torch.where(occupied, item, -1)
+        return images, labels
+
+    def _place(self, tiles: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Shrink and shift each item inside its own cell: (B, 28, 28) uint8 -> same."""
+        B, device, lay = len(tiles), tiles.device, self.layout
+        scale = lay.scale_min + (lay.scale_max - lay.scale_min) * torch.rand(
+            B, generator=g, device=device)  # (B,)
+        # Top-left corner of the shrunk item, pixels: anywhere it fits, then the integer jitter.
+        free = CELL * (1.0 - scale)  # (B,)
+        corner = torch.rand(B, 2, generator=g, device=device) * free[:, None]  # (B, 2) as (x, y)
+        corner = corner + torch.randint(-lay.jitter, lay.jitter + 1, (B, 2), generator=g,
+                                        device=device)
+        # Affine map from output to input coordinates in grid_sample's [-1, 1] convention
+        # (align_corners=False): x_in = (x_out + 1 - 2 corner / 28) / scale - 1.
+        theta = torch.zeros(B, 2, 3, device=device)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale
+        theta[:, :, 2] = (1.0 - 2.0 * corner / CELL) / scale[:, None] - 1.0
+        grid = F.affine_grid(theta, [B, 1, CELL, CELL], align_corners=False)  # (B, 28, 28, 2)
+        x = tiles[:, None].float()  # (B, 1, 28, 28)
+        # Zero padding: pixels shifted out of the cell are cut off, uncovered ones stay black.
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.round_().clamp_(0, 255).to(torch.uint8)[:, 0]
+
+
+def split_pool(fmnist: FashionMNIST, split: str, val_size: int = 5000
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The items a split's mosaics may use.
+
+    train and val take disjoint parts of the training images, split by
+    `train_val_split(60000, val_size, seed=0)`; test takes the test images.
+
+    Returns:
+        images (P, 28, 28) uint8, labels (P,) int64, and source (P,) int64: each item's index
+        into fmnist.train_images (train, val) or fmnist.test_images (test).
+    """
+    if split == "test":
+        source = torch.arange(len(fmnist.test_images))
+        return fmnist.test_images, fmnist.test_labels, source
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    train_idx, val_idx = train_val_split(len(fmnist.train_images), val_size, seed=0)
+    source = train_idx if split == "train" else val_idx
+    return fmnist.train_images[source], fmnist.train_labels[source], source
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The generator seed of a split's mosaics: distinct per (seed, split), so train and val
+    mosaics made with the same --seed do not share their label sets."""
+    return seed * len(SPLITS) + SPLITS.index(split)
+
+
+def make_split_mosaics(fmnist: FashionMNIST, split: str, n: int, prior: Prior | str, seed: int,
+                       layout: MosaicLayout = MosaicLayout(), val_size: int = 5000,
+                       return_items: bool = False) -> tuple[torch.Tensor, ...]:
+    """n mosaics of a split ('train', 'val' or 'test') under a prior (a Prior or its name).
+
+    Returns images (n, S, S) uint8 and labels (n, 10) uint8, and with return_items the
+    (n, cells) int64 index of each cell's item into fmnist.train_images (train, val) or
+    fmnist.test_images (test), -1 for an empty cell.
+    """
+    if isinstance(prior, str):
+        prior = load_prior(prior)
+    images, labels, source = split_pool(fmnist, split, val_size)
+    gen = MosaicGenerator(images, labels, prior, layout)
+    out = gen.sample(n, torch.Generator().manual_seed(split_seed(seed, split)), return_items)
+    if return_items:
+        items = out[2]
+        out = (out[0], out[1], torch.where(items >= 0, source[items.clamp(min=0)], -1))
+    return out
+
+
+def save_mosaics(path: str | Path, images: torch.Tensor | np.ndarray,
+                 labels: torch.Tensor | np.ndarray) -> Path:
+    """Write mosaics to an .npz with arrays images (N, S, S) uint8 and labels (N, 10) uint8.
+
+    The file is written next to its destination and renamed, so a crash leaves no half file.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    path = Path(path)
+    _check_mosaics(images, labels, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:  # a file object, so numpy does not append ".npz" to the name
+        np.savez_compressed(f, images=images, labels=labels)
+    os.replace(tmp, path)
+    return path
+
+
+def load_mosaics(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an .npz written by save_mosaics: images (N, S, S) uint8, labels (N, 10) uint8."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"mosaic file {path} not found; write one with `cnnrnn data mosaics`")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("images", "labels") if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing array {missing[0]!r}; a mosaic file holds "
+                                "'images' and 'labels' (write it with `cnnrnn data mosaics`)")
+            images, labels = npz["images"], npz["labels"]
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:  # not a zip, truncated, or an object array
+        raise DataError(f"{path}: not a readable .npz of mosaics ({e}); write it again with "
+                        "`cnnrnn data mosaics`") from None
+    _check_mosaics(images, labels, str(path))
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _check_mosaics(images: np.ndarray, labels: np.ndarray, where: str) -> None:
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DataError(f"{where}: images must be a (N, S, S) uint8 array, got shape "
+                        f"{images.shape} dtype {images.dtype}")
+    S = images.shape[1]
+    if images.shape[2] != S or S == 0 or S % CELL:
+        raise DataError(f"{where}: images must be square with a side that is a multiple of "
+                        f"{CELL}, got shape {images.shape}")
+    if labels.dtype != np.uint8 or labels.shape != (len(images), NUM_CLASSES):
+        raise DataError(f"{where}: labels must be a ({len(images)}, {NUM_CLASSES}) uint8 array, "
+                        f"got shape {labels.shape} dtype {labels.dtype}")
+    if labels.size and labels.max() > 1:
+        raise DataError(f"{where}: labels must be multi-hot (0 or 1), found {labels.max()}")
