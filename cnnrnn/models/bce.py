@@ -1,0 +1,112 @@
+"""Binary relevance, the baseline the CNN-RNN is measured against: the same encoder, one linear
+layer with K outputs, and an independent sigmoid per label trained with binary cross-entropy.
+It ignores label co-occurrence by construction; a single decision threshold, chosen on
+validation data to maximise O-F1 (micro F1), turns its scores into label sets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnrnn.errors import DataError
+
+
+class BCEHead(nn.Module):
+    """Encoder + linear head: (B, 1, H, W) images -> (B, K) logits, one sigmoid per label."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int = 10,
+        dropout: float = 0.0,
+        freeze_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_labels = num_labels
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            encoder.requires_grad_(False)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.num_features, num_labels)
+
+    def train(self, mode: bool = True) -> BCEHead:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # frozen includes batch-norm statistics
+        return self
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Image representation: (B, 1, H, W) float -> (B, D)."""
+        if self.freeze_encoder:
+            with torch.no_grad():
+                return self.encoder.forward_features(x)
+        return self.encoder.forward_features(x)
+
+    def logits_from_features(self, features: Tensor) -> Tensor:
+        """(B, D) -> (B, K) logits."""
+        return self.head(self.dropout(features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 1, H, W) -> (B, K) logits."""
+        return self.logits_from_features(self.encode(x))
+
+    def loss_from_features(self, features: Tensor, y: Tensor) -> Tensor:
+        """Binary cross-entropy, mean over images and labels; y (B, K) multi-hot."""
+        if y.shape != (features.shape[0], self.num_labels):
+            raise DataError(
+                f"label sets must be multi-hot of shape (B, {self.num_labels}), "
+                f"got {tuple(y.shape)}"
+            )
+        logits = self.logits_from_features(features)
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Training loss for images x (B, 1, H, W) and multi-hot label sets y (B, K)."""
+        return self.loss_from_features(self.encode(x), y)
+
+    @torch.no_grad()
+    def predict_from_features(
+        self, features: Tensor, threshold: float = 0.5
+    ) -> tuple[Tensor, Tensor]:
+        """(B, D) -> label sets (B, K) uint8 (score >= threshold) and sigmoid scores (B, K)."""
+        scores = torch.sigmoid(self.logits_from_features(features).float())
+        return (scores >= threshold).to(torch.uint8), scores
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+        """(B, 1, H, W) images -> label sets (B, K) uint8 and scores (B, K); call eval() first."""
+        return self.predict_from_features(self.encode(x), threshold)
+
+
+def choose_threshold(scores: Tensor, y_true: Tensor) -> float:
+    """The one global threshold that maximises O-F1 (micro F1) of `scores >= threshold`.
+
+    scores, y_true: (N, K). Every distinct score is tried as the lowest one predicted positive,
+    and so is predicting nothing; ties go to the higher threshold (fewer positives). The result
+    lies halfway between the chosen score and the next lower one, so the validation predictions
+    are exactly those of the best cut and small shifts in test scores matter less.
+    """
+    s = scores.detach().flatten().float()
+    positive = (y_true.flatten() != 0).double()
+    if s.numel() == 0:
+        raise DataError("cannot choose a threshold from an empty set of scores")
+    s, order = s.sort(descending=True)
+    tp = positive[order].cumsum(0)  # true positives when the top i+1 scores are predicted
+    # A cut may only fall between two different scores: the last of each run of equal ones.
+    last_of_run = torch.ones_like(s, dtype=torch.bool)
+    last_of_run[:-1] = s[:-1] != s[1:]
+    cut = last_of_run.nonzero().flatten()  # (C,) index of the lowest score predicted positive
+    # micro F1 = 2 TP / (predicted positives + true positives); predicting nothing scores 0
+    f1 = 2 * tp[cut] / (cut + 1 + positive.sum())
+    best = int(f1.argmax())  # argmax takes the first maximum: the highest threshold
+    if f1[best] <= 0:  # no true labels at all: predict nothing
+        return float(torch.nextafter(s[0], torch.tensor(float("inf"))))
+    i = int(cut[best])
+    if i + 1 == len(s):
+        return float(s[i])  # every score is predicted positive
+    middle = (s[i] + s[i + 1]) / 2
+    # in float32 the middle of two neighbouring values may round onto the lower one
+    return float(middle if middle > s[i + 1] else s[i])

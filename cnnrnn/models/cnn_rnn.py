@@ -1,0 +1,289 @@
+"""The CNN-RNN of Wang et al., "CNN-RNN: A Unified Framework for Multi-label Image
+Classification" (CVPR 2016), with the predicted-label alignment order (PLA) of Yazici et al.,
+"Orderless Recurrent Models for Multi-label Classification" (CVPR 2020) as a training option.
+
+A multi-label prediction is a prediction path: distinct labels, one per step, then END. The model
+gives a path the probability P(l_1, ..., l_n, END | I) = prod_t P(l_t | I, l_1..l_{t-1}), and beam
+search looks for a probable path. Symbols follow the paper (Sec. 3.2):
+
+    w_k          = U_l e_k                      label embedding: row k of U_l        (eq. 2)
+    o(t), r(t)   = LSTM(w_k(t), r(t-1))         recurrent output and state            (eq. 3)
+    x_t          = h(U_o^x o(t) + U_I^x I)      joint image-label embedding, h = ReLU (eq. 4)
+    s_t          = U_l^T x_t                    one score per label and for END       (eq. 5)
+    P(. | I, l_<t) = softmax(s_t), labels already in the path masked out
+
+paper_notes.md maps these to the code and gives every choice the paper leaves open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnrnn.errors import ConfigError, DataError
+
+IGNORE_INDEX = -100  # target padding after END; F.nll_loss skips it
+Order = Literal["fixed", "pla"]
+
+
+class Encoder(Protocol):
+    """What the CNN-RNN needs from an image encoder (the VGG-16-style encoder satisfies it)."""
+
+    num_features: int
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 1, H, W) float images -> (B, num_features) image representation I."""
+        ...
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Beam-search result for a batch: the N best completed paths per image, best first."""
+
+    paths: Tensor  # (B, N, K+1) long: labels in emission order, then END (= K), then -1
+    log_probs: Tensor  # (B, N) float: log P(path | I); -inf where fewer than N paths completed
+    label_sets: Tensor  # (B, K) uint8: the labels of the best path
+    label_probs: Tensor  # (B, K) float: per label, max over the best path's steps of its P
+    scores: Tensor  # (B, K) float in [0, 1]: ranking score for mAP, > 0.5 exactly when emitted
+
+
+class CNNRNN(nn.Module):
+    """Image encoder + LSTM over label embeddings; predicts a label set as a label sequence.
+
+    Label ids: 0..K-1 the labels, K = END, K+1 = START (the rows of U_l).
+    order="fixed": teacher forcing on the true labels sorted by `label_priority` (the paper's
+    choice is training-set frequency, most frequent first). order="pla": the targets follow the
+    model's own ranking (see `pla_target_sequences`).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int = 10,
+        embed_dim: int = 64,
+        hidden_size: int = 256,
+        label_priority: Sequence[int] | None = None,
+        order: Order = "fixed",
+        dropout: float = 0.0,
+        freeze_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        K = num_labels
+        priority = list(range(K)) if label_priority is None else [int(k) for k in label_priority]
+        if sorted(priority) != list(range(K)):
+            raise ConfigError(
+                f"label_priority must list each label 0..{K - 1} exactly once, got {priority}"
+            )
+        if order not in ("fixed", "pla"):
+            raise ConfigError(f"unknown label order {order!r}; use 'fixed' or 'pla'")
+        self.encoder = encoder
+        self.num_labels, self.END, self.START = K, K, K + 1
+        self.order: Order = order
+        self.label_priority = priority
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            encoder.requires_grad_(False)
+
+        # U_l embeds the input labels (eq. 2) and scores the outputs (eq. 5): one matrix for both.
+        self.U_l = nn.Parameter(torch.randn(K + 2, embed_dim) * embed_dim**-0.5)  # (K+2, E)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, batch_first=True)
+        self.U_o_x = nn.Linear(hidden_size, embed_dim, bias=False)
+        self.U_I_x = nn.Linear(encoder.num_features, embed_dim)  # its bias is eq. 4's only one
+        self.dropout = nn.Dropout(dropout)
+        # label_rank[k] = position of label k in the fixed order; a buffer, so checkpoints keep it
+        rank = torch.empty(K, dtype=torch.long)
+        rank[torch.tensor(priority)] = torch.arange(K)
+        self.register_buffer("label_rank", rank)
+
+    # ---- parts ---------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> CNNRNN:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # frozen includes batch-norm statistics
+        return self
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Image representation I: (B, 1, H, W) float -> (B, D)."""
+        if self.freeze_encoder:
+            with torch.no_grad():
+                return self.encoder.forward_features(x)
+        return self.encoder.forward_features(x)
+
+    def _project_image(self, features: Tensor) -> Tensor:
+        return self.U_I_x(self.dropout(features))  # U_I^x I  (B, E), the same at every step
+
+    def _scores(self, o: Tensor, image: Tensor) -> Tensor:
+        """s_t for LSTM outputs o (..., H) and projected image (..., E) -> (..., K+1)."""
+        x_t = torch.relu(self.U_o_x(self.dropout(o)) + image)  # eq. 4, (..., E)
+        return x_t @ self.U_l[: self.START].T  # eq. 5; START is never a target
+
+    def _masked_log_softmax(self, s: Tensor, emitted: Tensor) -> Tensor:
+        """log softmax over the labels not yet `emitted` (..., K) and END; s (..., K+1)."""
+        K = self.num_labels
+        s = s.float()  # the softmax and the beam's sums stay in fp32 under autocast
+        s = torch.cat([s[..., :K].masked_fill(emitted, float("-inf")), s[..., K:]], dim=-1)
+        return s.log_softmax(dim=-1)
+
+    def _check_labels(self, y: Tensor) -> Tensor:
+        if y.dim() != 2 or y.shape[1] != self.num_labels:
+            raise DataError(
+                f"label sets must be multi-hot of shape (B, {self.num_labels}), "
+                f"got {tuple(y.shape)}"
+            )
+        return y != 0  # (B, K) bool
+
+    # ---- training ------------------------------------------------------------------------
+
+    def target_sequences(self, y: Tensor) -> Tensor:
+        """Fixed-order targets: (B, K) multi-hot -> (B, T) long.
+
+        Row b: the labels of y[b] in label_priority order, then END, then IGNORE_INDEX;
+        T = 1 + the largest label count in the batch.
+        """
+        y = self._check_labels(y)
+        K = self.num_labels
+        n = y.sum(1, keepdim=True)  # (B, 1) labels per image
+        key = torch.where(y, self.label_rank, K + self.label_rank)  # absent labels sort last
+        ordered = key.argsort(dim=1)  # (B, K) label ids
+        ordered = torch.cat([ordered, ordered[:, :1]], dim=1)  # (B, K+1), last column a filler
+        pos = torch.arange(K + 1, device=y.device)
+        end_or_pad = torch.where(pos == n, self.END, IGNORE_INDEX)
+        targets = torch.where(pos < n, ordered, end_or_pad)
+        return targets[:, : int(n.max()) + 1]
+
+    @torch.no_grad()
+    def pla_target_sequences(self, features: Tensor, y: Tensor) -> Tensor:
+        """Predicted-label-alignment targets (Yazici et al. 2020): (B, D), (B, K) -> (B, T) long.
+
+        At each step the target is the true label not yet emitted that the model currently
+        scores highest, then END once all are emitted; that label is also the next input. The
+        choice carries no gradient: the loss is then plain teacher forcing on these targets.
+        """
+        y = self._check_labels(y)
+        B, K = y.shape
+        n = y.sum(1)  # (B,)
+        T = int(n.max()) + 1
+        remaining = y.clone()  # (B, K) true labels not emitted yet
+        targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long, device=y.device)
+        image = self._project_image(features)  # (B, E)
+        prev = torch.full((B,), self.START, dtype=torch.long, device=y.device)
+        state = None
+        for t in range(T):
+            o, state = self.lstm(self.U_l[prev][:, None], state)  # (B, 1, H)
+            s = self._scores(o[:, 0], image)[:, :K]  # (B, K)
+            best = s.masked_fill(~remaining, float("-inf")).argmax(1)  # (B,)
+            end_or_pad = torch.where(n == t, self.END, IGNORE_INDEX)
+            targets[:, t] = torch.where(remaining.any(1), best, end_or_pad)
+            remaining[torch.arange(B, device=y.device), best] = False
+            prev = targets[:, t].clamp(min=0)  # padding rows feed label 0; they are ignored
+        return targets
+
+    def sequence_log_probs(self, features: Tensor, inputs: Tensor) -> Tensor:
+        """Teacher-forced log P(next label | I, inputs[:, :t+1]) at every step t.
+
+        features (B, D); inputs (B, T) long starting with START -> (B, T, K+1). Labels already
+        among the inputs get probability 0 (the softmax is renormalised over the rest).
+        """
+        K = self.num_labels
+        w = self.U_l[inputs]  # (B, T, E): w_k(t) = U_l e_k, eq. 2
+        o, _ = self.lstm(w)  # (B, T, H): o(t), eq. 3
+        s = self._scores(o, self._project_image(features)[:, None])  # (B, T, K+1)
+        emitted = F.one_hot(inputs, K + 2)[..., :K].cumsum(dim=1) > 0  # (B, T, K)
+        return self._masked_log_softmax(s, emitted)
+
+    def teacher_forcing(self, features: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, D), (B, K) -> log-probs (B, T, K+1) and the targets (B, T) they are scored on."""
+        if self.order == "pla":
+            targets = self.pla_target_sequences(features, y)
+        else:
+            targets = self.target_sequences(y)
+        prev = targets[:, :-1].masked_fill(targets[:, :-1] == IGNORE_INDEX, self.END)
+        start = torch.full_like(targets[:, :1], self.START)
+        inputs = torch.cat([start, prev], dim=1)  # (B, T): START, then the targets shifted
+        return self.sequence_log_probs(features, inputs), targets
+
+    def loss_from_features(self, features: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy of the next label, mean over all target steps (labels and END)."""
+        log_probs, targets = self.teacher_forcing(features, y)
+        return F.nll_loss(log_probs.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Training loss for images x (B, 1, H, W) and multi-hot label sets y (B, K)."""
+        return self.loss_from_features(self.encode(x), y)
+
+    forward = loss
+
+    # ---- inference -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, features: Tensor, beam_width: int = 1) -> Decoded:
+        """Beam search (paper Sec. 3.3) for features (B, D); width 1 is greedy decoding.
+
+        Each step extends the open paths of an image by every label not yet in them and by END,
+        and keeps the `beam_width` most probable extensions; those ending in END join the
+        image's completed set (the N best kept). An image stops once its best open path is less
+        probable than its N-th completed one; log-probs only fall, so no open path could still
+        enter the set. Every path ends by step K+1, when only END is left. All images and beams
+        run through the LSTM together, B*N rows per step.
+        """
+        if beam_width < 1:
+            raise ConfigError(f"beam width must be at least 1, got {beam_width}")
+        B, N, K = features.shape[0], beam_width, self.num_labels
+        dev, inf = features.device, float("inf")
+        rows = torch.arange(B, device=dev)[:, None]  # (B, 1), for per-image gathers
+        image = self._project_image(features).repeat_interleave(N, dim=0)  # (B*N, E)
+
+        logp = torch.full((B, N), -inf, device=dev)  # open paths; one live path at the start
+        logp[:, 0] = 0.0
+        prev = torch.full((B, N), self.START, dtype=torch.long, device=dev)
+        emitted = torch.zeros(B, N, K, dtype=torch.bool, device=dev)
+        paths = torch.full((B, N, K + 1), -1, dtype=torch.long, device=dev)
+        probs = torch.zeros(B, N, K, device=dev)  # max over steps of each label's P
+        done_logp = torch.full((B, N), -inf, device=dev)  # completed paths, best first
+        done_paths, done_probs = paths.clone(), probs.clone()
+        state = None
+        for t in range(K + 1):
+            o, state = self.lstm(self.U_l[prev.flatten()][:, None], state)  # (B*N, 1, H)
+            s = self._scores(o[:, 0], image).view(B, N, K + 1)
+            lp = self._masked_log_softmax(s, emitted)  # (B, N, K+1)
+            probs = torch.maximum(probs, lp[..., :K].exp())
+            top, idx = (logp[..., None] + lp).view(B, N * (K + 1)).topk(N, dim=1)  # (B, N)
+            parent, label = idx // (K + 1), idx % (K + 1)
+            emitted, paths, probs = emitted[rows, parent], paths[rows, parent], probs[rows, parent]
+            state = tuple(h[:, (rows * N + parent).flatten()] for h in state)
+            paths[..., t] = label
+            ended = label == self.END
+            done_logp, keep = torch.cat([done_logp, top.masked_fill(~ended, -inf)], 1).topk(N)
+            done_paths = torch.cat([done_paths, paths], 1)[rows, keep]
+            done_probs = torch.cat([done_probs, probs], 1)[rows, keep]
+            logp = top.masked_fill(ended, -inf)
+            emitted = emitted | F.one_hot(label, K + 1)[..., :K].bool()
+            prev = label
+            finished = logp.max(1).values < done_logp[:, -1]  # the paper's stopping rule
+            logp = logp.masked_fill(finished[:, None], -inf)
+            if torch.isneginf(logp).all():
+                break
+
+        best = done_paths[:, 0]  # (B, K+1)
+        is_label = (best >= 0) & (best < K)
+        label_sets = (F.one_hot(best.clamp(min=0), K + 1)[..., :K] * is_label[..., None]).amax(1)
+        label_probs = done_probs[:, 0]
+        scores = 0.5 * (label_sets + label_probs)  # emitted labels above all others
+        return Decoded(done_paths, done_logp, label_sets.to(torch.uint8), label_probs, scores)
+
+    @torch.no_grad()
+    def predict_from_features(self, features: Tensor, beam_width: int = 1) -> tuple[Tensor, Tensor]:
+        """(B, D) -> label sets (B, K) uint8 multi-hot and per-label scores (B, K) in [0, 1]."""
+        decoded = self.decode(features, beam_width)
+        return decoded.label_sets, decoded.scores
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, beam_width: int = 1) -> tuple[Tensor, Tensor]:
+        """(B, 1, H, W) images -> label sets (B, K) uint8 and scores (B, K); call eval() first."""
+        return self.predict_from_features(self.encode(x), beam_width)

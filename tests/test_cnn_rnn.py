@@ -1,0 +1,329 @@
+"""Tests of the CNN-RNN (targets, beam search, overfitting) and of the BCE baseline."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+
+from cnnrnn.errors import ConfigError, DataError
+from cnnrnn.models.bce import BCEHead, choose_threshold
+from cnnrnn.models.cnn_rnn import CNNRNN, IGNORE_INDEX
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; more only contend with other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyEncoder(nn.Module):
+    """A stand-in for the VGG-16-style encoder: forward_features (B, 1, H, W) -> (B, 64)."""
+
+    num_features = 64  # 16 channels x 2 x 2 cells: pooling to one cell averages noise images alike
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def make_model(K: int = 10, seed: int = 0, **kwargs) -> CNNRNN:
+    defaults = dict(embed_dim=16, hidden_size=32)
+    with torch.random.fork_rng():  # module initialisation takes no generator; leave global RNG
+        torch.manual_seed(seed)
+        return CNNRNN(TinyEncoder(), num_labels=K, **(defaults | kwargs)).eval()
+
+
+def make_bce(seed: int) -> BCEHead:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return BCEHead(TinyEncoder(), num_labels=10)
+
+
+def random_label_sets(n: int, K: int, gen: torch.Generator, max_labels: int = 4) -> torch.Tensor:
+    """(n, K) multi-hot with 1..max_labels labels each."""
+    y = torch.zeros(n, K, dtype=torch.uint8)
+    for row in y:
+        count = int(torch.randint(1, max_labels + 1, (1,), generator=gen))
+        row[torch.randperm(K, generator=gen)[:count]] = 1
+    return y
+
+
+def all_paths(K: int) -> list[tuple[int, ...]]:
+    """Every duplicate-free label sequence followed by END (= K)."""
+    return [
+        (*perm, K)
+        for n in range(K + 1)
+        for subset in itertools.combinations(range(K), n)
+        for perm in itertools.permutations(subset)
+    ]
+
+
+def path_log_probs(model: CNNRNN, features: torch.Tensor, paths: list) -> torch.Tensor:
+    """log P(path | image) by teacher forcing: (B, D) features -> (B, len(paths))."""
+    B, S, K = features.shape[0], len(paths), model.num_labels
+    targets = torch.full((S, K + 1), IGNORE_INDEX)
+    for i, p in enumerate(paths):
+        targets[i, : len(p)] = torch.tensor(p)
+    inputs = torch.cat([torch.full((S, 1), model.START), targets[:, :-1].clamp(min=0)], 1)
+    with torch.no_grad():
+        lp = model.sequence_log_probs(
+            features.repeat_interleave(S, 0), inputs.repeat(B, 1)
+        )  # (B*S, K+1, K+1)
+    taken = lp.gather(2, targets.repeat(B, 1).clamp(min=0)[..., None])[..., 0]
+    return taken.masked_fill(targets.repeat(B, 1) == IGNORE_INDEX, 0).sum(1).view(B, S)
+
+
+def greedy_reference(model: CNNRNN, features: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """Greedy decoding one row at a time through the teacher-forcing path of the model."""
+    paths, total = [], []
+    for f in features:
+        inputs, logp, path = torch.tensor([[model.START]]), 0.0, []
+        while not path or path[-1] != model.END:
+            with torch.no_grad():
+                lp = model.sequence_log_probs(f[None], inputs)[0, -1]
+            label = int(lp.argmax())
+            path.append(label)
+            logp += float(lp[label])
+            inputs = torch.cat([inputs, torch.tensor([[label]])], 1)
+        paths.append(path)
+        total.append(logp)
+    return paths, torch.tensor(total)
+
+
+def decoded_path(row: torch.Tensor) -> list[int]:
+    return [int(v) for v in row if v >= 0]
+
+
+# ---- CNN-RNN: shapes, gradients, targets ---------------------------------------------------
+
+
+def test_shapes_and_label_embedding():
+    model = make_model(K=10)
+    assert model.U_l.shape == (12, 16)  # ten labels, END, START
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 28, 28, generator=gen)
+    y = random_label_sets(5, 10, gen)
+    log_probs, targets = model.teacher_forcing(model.encode(x), y)
+    T = int(y.sum(1).max()) + 1
+    assert targets.shape == (5, T)
+    assert log_probs.shape == (5, T, 11)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(5, T), atol=1e-5)
+    assert model.loss(x, y).shape == ()
+    label_sets, scores = model.predict(x, beam_width=3)
+    assert label_sets.shape == scores.shape == (5, 10)
+    assert label_sets.dtype == torch.uint8 and scores.dtype == torch.float32
+
+
+@pytest.mark.parametrize("order", ["fixed", "pla"])
+def test_every_parameter_gets_a_gradient(order):
+    model = make_model(order=order).train()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 1, 28, 28, generator=gen)
+    y = random_label_sets(6, 10, gen)
+    model.loss(x, y).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_frozen_encoder_gets_no_gradient_and_stays_in_eval_mode():
+    model = make_model(freeze_encoder=True).train()
+    assert not model.encoder.training and model.lstm.training
+    gen = torch.Generator().manual_seed(2)
+    y = random_label_sets(4, 10, gen)
+    model.loss(torch.rand(4, 1, 28, 28, generator=gen), y).backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.U_l.grad is not None
+
+
+def test_target_sequences_follow_the_priority_and_pad():
+    K = 5
+    y = torch.tensor([[1, 0, 1, 0, 1], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    END, PAD = K, IGNORE_INDEX
+    identity = make_model(K=K)
+    assert identity.target_sequences(y).tolist() == [
+        [0, 2, 4, END],
+        [1, END, PAD, PAD],
+        [END, PAD, PAD, PAD],
+    ]
+    reversed_order = make_model(K=K, label_priority=[4, 3, 2, 1, 0])
+    assert reversed_order.target_sequences(y)[0].tolist() == [4, 2, 0, END]
+    mixed = make_model(K=K, label_priority=[2, 0, 4, 1, 3])
+    assert mixed.target_sequences(y)[0].tolist() == [2, 0, 4, END]
+
+
+def test_bad_configuration_is_a_clear_error():
+    with pytest.raises(ConfigError, match="exactly once"):
+        make_model(K=3, label_priority=[0, 0, 1])
+    with pytest.raises(ConfigError, match="unknown label order"):
+        make_model(K=3, order="random")
+    with pytest.raises(ConfigError, match="beam width"):
+        make_model(K=3).decode(torch.zeros(2, 64), beam_width=0)
+    with pytest.raises(DataError, match=r"shape \(B, 3\)"):
+        make_model(K=3).target_sequences(torch.ones(2, 4))
+
+
+def test_pla_targets_are_a_permutation_of_the_true_labels_then_end():
+    K = 10
+    model = make_model(K=K, order="pla", seed=3)
+    gen = torch.Generator().manual_seed(3)
+    y = random_label_sets(32, K, gen, max_labels=6)
+    features = model.encode(torch.rand(32, 1, 28, 28, generator=gen))
+    targets = model.pla_target_sequences(features, y)
+    orders = set()
+    for row, labels in zip(targets.tolist(), y, strict=True):
+        n = int(labels.sum())
+        assert sorted(row[:n]) == labels.nonzero().flatten().tolist()
+        assert row[n] == K and all(v == IGNORE_INDEX for v in row[n + 1 :])
+        orders.add(tuple(row[:n]))
+    # the order comes from the model, not from the label ids
+    assert any(list(o) != sorted(o) for o in orders)
+    # and it is the model's ranking: the first target is the best-scored true label
+    first_step = model.sequence_log_probs(features, torch.full((32, 1), model.START))[:, 0, :K]
+    expected = first_step.masked_fill(y == 0, float("-inf")).argmax(1)
+    assert torch.equal(targets[:, 0], expected)
+
+
+# ---- CNN-RNN: beam search ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("K", [3, 4])
+def test_wide_beam_equals_exhaustive_search(K):
+    model = make_model(K=K, seed=K)
+    features = torch.randn(6, 64, generator=torch.Generator().manual_seed(K)) * 3
+    paths = all_paths(K)
+    logp = path_log_probs(model, features, paths)  # (B, S)
+    # the masked softmax makes the duplicate-free paths a probability distribution
+    assert torch.allclose(logp.exp().sum(1), torch.ones(6), atol=1e-5)
+    # a width that keeps every extension at every step makes the search exhaustive
+    width = max(math.perm(K, t) * (K + 1 - t) for t in range(K + 1))
+    decoded = model.decode(features, beam_width=width)
+    best = logp.argmax(1)
+    for b in range(6):
+        assert tuple(decoded_path(decoded.paths[b, 0])) == paths[best[b]]
+    assert torch.allclose(decoded.log_probs[:, 0], logp.max(1).values, atol=1e-5)
+    top5 = logp.topk(5, dim=1).values
+    assert torch.allclose(decoded.log_probs[:, :5], top5, atol=1e-5)
+
+
+def test_greedy_equals_beam_width_one():
+    model = make_model(K=10, seed=5)
+    features = torch.randn(16, 64, generator=torch.Generator().manual_seed(5)) * 3
+    ref_paths, ref_logp = greedy_reference(model, features)
+    decoded = model.decode(features, beam_width=1)
+    assert [decoded_path(row) for row in decoded.paths[:, 0]] == ref_paths
+    assert torch.allclose(decoded.log_probs[:, 0], ref_logp, atol=1e-5)
+
+
+@pytest.mark.parametrize("beam_width", [1, 3, 7])
+def test_decoded_paths_never_repeat_a_label(beam_width):
+    K = 10
+    model = make_model(K=K, seed=6)
+    with torch.no_grad():  # favour long paths: make END unlikely
+        model.U_l[K] -= 3 * model.U_l[:K].mean(0)
+    features = torch.randn(64, 64, generator=torch.Generator().manual_seed(6))
+    decoded = model.decode(features, beam_width)
+    lengths = []
+    for image_paths, image_logp in zip(decoded.paths, decoded.log_probs, strict=True):
+        for path, logp in zip(image_paths, image_logp, strict=True):
+            if torch.isfinite(logp):
+                labels = decoded_path(path)
+                assert labels[-1] == K and len(set(labels)) == len(labels)
+                lengths.append(len(labels))
+    assert max(lengths) >= 5  # the check saw long paths
+    # scores rank emitted labels above the others, and a 0.5 threshold gives the decoded sets
+    sets = decoded.label_sets.bool()
+    assert torch.equal(decoded.scores > 0.5, sets)
+    assert torch.all((decoded.scores >= 0) & (decoded.scores <= 1))
+
+
+@pytest.mark.parametrize("order", ["fixed", "pla"])
+def test_decoder_overfits_a_few_images(order):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(8, 1, 28, 28, generator=gen)
+    y = random_label_sets(8, 10, gen, max_labels=4)
+    model = make_model(K=10, seed=7, order=order, label_priority=list(reversed(range(10))))
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=3e-3)  # the paper's optimizer
+    model.train()
+    for _ in range(400):  # exact match after about 150 (fixed) and 230 (pla) steps
+        optimizer.zero_grad()
+        loss = model.loss(x, y)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    for width in (1, 3):
+        label_sets, _ = model.predict(x, beam_width=width)
+        assert torch.equal(label_sets, y), (order, width, loss.item())
+
+
+# ---- BCE baseline --------------------------------------------------------------------------
+
+
+def test_bce_shapes_and_gradients():
+    model = make_bce(seed=0)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.rand(4, 1, 28, 28, generator=gen)
+    y = random_label_sets(4, 10, gen)
+    assert model(x).shape == (4, 10)
+    model.loss(x, y).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    label_sets, scores = model.predict(x, threshold=0.5)
+    assert label_sets.shape == scores.shape == (4, 10) and label_sets.dtype == torch.uint8
+    assert torch.equal(label_sets.bool(), scores >= 0.5)
+    with pytest.raises(DataError, match="multi-hot"):
+        model.loss(x, y[:, :3])
+
+
+def test_bce_overfits_a_few_images():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.rand(8, 1, 28, 28, generator=gen)
+    y = random_label_sets(8, 10, gen)
+    model = make_bce(seed=9)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        model.loss(x, y).backward()
+        optimizer.step()
+    label_sets, _ = model.predict(x, threshold=0.5)
+    assert torch.equal(label_sets, y)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_threshold_maximises_micro_f1_against_brute_force(seed):
+    gen = torch.Generator().manual_seed(seed)
+    y = (torch.rand(40, 6, generator=gen) < 0.3).to(torch.uint8)
+    # noisy scores, rounded so that ties occur
+    scores = ((y + torch.randn(40, 6, generator=gen) * 0.6).sigmoid() * 20).round() / 20
+
+    def micro_f1(threshold: float) -> float:
+        predicted = (scores >= threshold).numpy()
+        return f1_score(y.numpy(), predicted, average="micro", zero_division=0)
+
+    candidates = torch.cat([scores.unique(), torch.tensor([1.5])]).tolist()
+    best = max(micro_f1(t) for t in candidates)
+    chosen = choose_threshold(scores, y)
+    assert micro_f1(chosen) == pytest.approx(best)
+    assert chosen not in candidates  # it falls between two scores
+
+
+def test_threshold_without_true_labels_predicts_nothing():
+    scores = torch.tensor([[0.2, 0.9], [0.4, 0.1]])
+    chosen = choose_threshold(scores, torch.zeros(2, 2))
+    assert not (scores >= chosen).any()
