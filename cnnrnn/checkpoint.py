@@ -1,0 +1,53 @@
+"""Checkpoints: one dict, written atomically, read without executing code.
+
+A checkpoint holds the model and optimizer state, the resolved config (so the architecture comes
+from the checkpoint on resume and evaluation), the position in training (epoch, step, step in
+epoch), the best validation metric, the metric history and the RNG state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnrnn.errors import CheckpointError
+
+FORMAT = "cnnrnn-checkpoint-v1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; a bad file is a one-line CheckpointError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass a run folder written by "
+                              "`cnnrnn train` (it holds best.pt and last.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): the file is "
+                              "corrupt or not a cnnrnn checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a cnnrnn checkpoint (format {FORMAT} expected)")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{path} does not fit this model ({first}); it was written by "
+                              "another model or configuration") from None

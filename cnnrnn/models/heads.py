@@ -1,0 +1,72 @@
+"""Registry entries of the multilabel models: the CNN-RNN and the binary-relevance baseline.
+
+Both wrap the VGG-16-style encoder. Built from the registry the encoder is freshly initialised:
+that is what loading a checkpoint needs (its state_dict brings every weight, the label order
+and the BCE threshold). Training builds them through `cnnrnn.multilabel`, which brings a
+pretrained encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnnrnn.errors import ConfigError
+from cnnrnn.models.bce import BCEHead
+from cnnrnn.models.cnn_rnn import CNNRNN
+from cnnrnn.models.registry import register
+from cnnrnn.models.vgg import VGGEncoder
+
+MULTI = ("multilabel",)
+
+
+@dataclass(frozen=True)
+class CNNRNNArgs:
+    encoder_width: float = 0.25  # of the VGG-16-style encoder; 1.0 for torchvision weights
+    encoder_batch_norm: bool = True
+    embed_dim: int = 64  # label embedding size E (>= K+1, so scores are not rank-limited)
+    hidden_size: int = 256  # LSTM units
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        if self.embed_dim < 1 or self.hidden_size < 1:
+            raise ConfigError("embed_dim and hidden_size must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class BCEArgs:
+    encoder_width: float = 0.25
+    encoder_batch_norm: bool = True
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None = None,
+                  label_priority: list[int] | None = None, order: str = "fixed",
+                  freeze_encoder: bool = True) -> CNNRNN:
+    encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
+    return CNNRNN(encoder, num_classes, args.embed_dim, args.hidden_size, label_priority,
+                  order, args.dropout, freeze_encoder)  # type: ignore[arg-type]
+
+
+def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
+              freeze_encoder: bool = True, **_: object) -> BCEHead:
+    encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
+    model = BCEHead(encoder, num_classes, args.dropout, freeze_encoder)
+    # The decision threshold is chosen on validation data; a buffer, so checkpoints carry it.
+    model.register_buffer("threshold", torch.tensor(0.5))
+    return model
+
+
+register("cnn-rnn", CNNRNNArgs, MULTI,
+         "CNN-RNN (Wang et al. 2016): encoder + LSTM over label embeddings, beam search")(
+    build_cnn_rnn)
+register("bce", BCEArgs, MULTI, "binary relevance: encoder + linear + sigmoid per label")(
+    build_bce)

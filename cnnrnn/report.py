@@ -1,0 +1,77 @@
+"""Human-readable output of the CLI: evaluation tables and sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from cnnrnn.data.fashion_mnist import CLASSES, load_fashion_mnist
+
+
+def print_evaluation(result: dict[str, Any], run: Path) -> None:
+    console = Console()
+    console.print(f"{result['model']} on {result['split']} ({result['n']:,} images, "
+                  f"{result['checkpoint']} checkpoint from epoch {result['epoch']})")
+    if result["task"] == "single-label":
+        console.print(f"accuracy {100 * result['accuracy']:.2f} %")
+        table = Table("class", "accuracy")
+        for name, acc in zip(CLASSES, result["per_class_accuracy"], strict=True):
+            table.add_row(name, "-" if acc is None else f"{100 * acc:.1f} %")
+        console.print(table)
+        from cnnrnn.plots import plot_confusion_matrix
+
+        png = Path(run) / f"confusion_matrix_{result['split']}.png"
+        plot_confusion_matrix(np.array(result["confusion_matrix"]), CLASSES, png,
+                              f"{result['split']} confusion matrix (rows: true, normalised)")
+        console.print(f"confusion matrix: {png}")
+    else:
+        table = Table("metric", "value")
+        for key in ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "macro-F1", "mAP",
+                    "exact_match", "hamming_loss"):
+            value = result.get(key)
+            table.add_row(key, "-" if value is None else f"{value:.4f}")
+        console.print(table)
+
+
+def show_samples(out: Path, n: int, seed: int, data_dir: Path | None) -> None:
+    """n training images, cycling through the ten classes, titled with their class names."""
+    from cnnrnn.plots import plot_image_grid
+
+    data = load_fashion_mnist(data_dir)
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for i in range(n):
+        pool = (data.train_labels == i % 10).nonzero().flatten()
+        picks.append(int(pool[torch.randint(len(pool), (1,), generator=g)]))
+    idx = torch.tensor(picks)
+    plot_image_grid(data.train_images[idx].numpy(),
+                    [CLASSES[int(c)] for c in data.train_labels[idx]], out)
+
+
+def label_set_names(labels: np.ndarray) -> list[str]:
+    """(N, 10) multi-hot -> one short title per mosaic."""
+    return [", ".join(CLASSES[k].split("/")[0] for k in np.flatnonzero(row)) for row in labels]
+
+
+def show_mosaics(path: Path, out: Path, n: int, seed: int) -> None:
+    from cnnrnn.data.mosaics import load_mosaics
+    from cnnrnn.plots import plot_image_grid
+
+    images, labels = load_mosaics(path)
+    images, labels = np.asarray(images)[:n], np.asarray(labels)[:n]
+    plot_image_grid(images, label_set_names(labels), out, ncols=min(6, max(1, len(images))))
+
+
+def write_mosaics(out: Path, split: str, n: int, prior: str, seed: int,
+                  data_dir: Path | None) -> None:
+    from cnnrnn.data.mosaics import make_split_mosaics, save_mosaics
+    from cnnrnn.data.priors import load_prior
+
+    images, labels = make_split_mosaics(load_fashion_mnist(data_dir), split, n,
+                                        load_prior(prior), seed)
+    save_mosaics(out, images, labels)

@@ -1,0 +1,179 @@
+"""Training: overfitting, repeatability, resume equivalence, Ctrl-C, NaN, config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnrnn import tasks
+from cnnrnn.checkpoint import load_checkpoint
+from cnnrnn.config import load_config, parse_set, read_toml
+from cnnrnn.errors import CheckpointError, CnnrnnError, ConfigError
+from cnnrnn.progress import Reporter
+from cnnrnn.train import TrainingDiverged, lr_at, resume_config, train
+
+TINY = {"limit_train": 512, "val_size": 500, "batch_size": 64, "eval_batch_size": 500,
+        "model.hidden_size": 32}
+
+
+def tiny(model: str = "lstm", **over) -> object:
+    return load_config("single-label", model, overrides={**TINY, **over})
+
+
+def losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in rows] + [r["val_loss"] for r in rows]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    sa, sb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_tiny_overfit(data_dir, tmp_path):
+    cfg = load_config("single-label", "cnn", overrides={
+        "limit_train": 64, "batch_size": 32, "val_size": 100, "epochs": 25, "lr": 3e-3,
+        "model.channels": 8, "model.hidden": 32, "model.dropout": 0.0, "augment": False,
+        "weight_decay": 0.0, "precision": "fp32"})
+    summary = train(cfg, tmp_path / "run", data_dir=data_dir)
+    last = summary["history"][-1]
+    assert last["train_accuracy"] == 1.0
+    assert last["train_loss"] < 0.1  # chance level is ln(10) = 2.3
+
+
+def test_seeded_runs_repeat_exactly(data_dir, tmp_path):
+    train(tiny(epochs=2, augment=True), tmp_path / "a", data_dir=data_dir)
+    train(tiny(epochs=2, augment=True), tmp_path / "b", data_dir=data_dir)
+    train(tiny(epochs=2, augment=True, seed=1), tmp_path / "c", data_dir=data_dir)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert same_weights(tmp_path / "a", tmp_path / "b")
+    assert losses(tmp_path / "a") != losses(tmp_path / "c")
+
+
+def test_resume_equals_straight_training(data_dir, tmp_path):
+    # 1 epoch, then --resume --epochs 2. A cosine schedule depends on the total number of
+    # epochs, so extending a run changes it; a constant one does not. (Interrupted runs keep
+    # their schedule: see the Ctrl-C test.) Dropout makes the check sensitive to the RNG too.
+    over = {"model.dropout": 0.2, "model.num_layers": 2, "schedule": "constant"}
+    train(tiny(epochs=2, **over), tmp_path / "straight", data_dir=data_dir)
+    train(tiny(epochs=1, **over), tmp_path / "resumed", data_dir=data_dir)
+    cfg = resume_config(tmp_path / "resumed", epochs=2)
+    train(cfg, tmp_path / "resumed", resume=True, data_dir=data_dir)
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+    assert same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+class InterruptAfter(Reporter):
+    """Sends the process a real SIGINT (Ctrl-C) after `n` training steps."""
+
+    def __init__(self, n: int):
+        super().__init__(enabled=False)
+        self.n = n
+
+    def step(self, loss: float, accuracy: float) -> None:
+        self.n -= 1
+        if self.n == 0:
+            signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("cut", [8, 11])  # 8 steps per epoch: at the end of epoch 1, or in 2
+def test_ctrl_c_saves_and_resumes_exactly(data_dir, tmp_path, cut):
+    over = {"model.dropout": 0.2, "model.num_layers": 2, "augment": True}
+    train(tiny(epochs=2, **over), tmp_path / "straight", data_dir=data_dir)
+    summary = train(tiny(epochs=2, **over), tmp_path / "cut", data_dir=data_dir,
+                    reporter=InterruptAfter(cut))
+    assert summary["stop"] == "interrupted"
+    state = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (state["epoch"], state["step"], state["step_in_epoch"]) == (1, cut, cut - 8)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    train(resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True, data_dir=data_dir)
+    assert losses(tmp_path / "straight") == losses(tmp_path / "cut")
+    assert same_weights(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = tasks.SINGLE_LABEL.loss
+
+    def poisoned(model, x, y, cfg):
+        calls["n"] += 1
+        loss, correct = real(model, x, y, cfg)
+        return (loss * math.nan if calls["n"] == 12 else loss), correct
+
+    monkeypatch.setitem(tasks.TASKS, "single-label",
+                        dataclasses.replace(tasks.SINGLE_LABEL, loss=poisoned))
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 12; the last "
+                                               r"good checkpoint .*last.pt is kept"):
+        train(tiny(epochs=3), tmp_path / "run", data_dir=data_dir)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "run" / "last.pt.tmp").exists()
+
+
+def test_existing_run_needs_resume_and_same_config(data_dir, tmp_path):
+    train(tiny(epochs=1), tmp_path / "run", data_dir=data_dir)
+    with pytest.raises(CnnrnnError, match="already holds a run; continue it with --resume"):
+        train(tiny(epochs=1), tmp_path / "run", data_dir=data_dir)
+    with pytest.raises(CheckpointError, match="trained with another config"):
+        train(tiny(epochs=2, lr=0.1), tmp_path / "run", resume=True, data_dir=data_dir)
+
+
+def test_run_folder_files(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(epochs=2), run, data_dir=data_dir)
+    for name in ("config.toml", "metrics.jsonl", "last.pt", "best.pt", "learning_curve.png",
+                 "confusion_matrix.png", "val_metrics.json"):
+        assert (run / name).is_file(), name
+    saved = read_toml(run / "config.toml")
+    assert saved["model"] == {"name": "lstm", "hidden_size": 32, "num_layers": 1,
+                              "bidirectional": False, "dropout": 0.0, "nonlinearity": "tanh"}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["step"] == 16
+    assert all(r["ms_per_step"] > 0 for r in rows)
+    best = load_checkpoint(run / "best.pt")
+    assert best["best_metric"] == max(r["val_accuracy"] for r in rows)
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('task = "single-label"\nepochz = 3\n[model]\nname = "gru"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'epochz' in .*bad.toml \(did you mean "
+                                          r"'epochs'\?\)"):
+        load_config("single-label", config_file=bad)
+    bad.write_text('epochs = "ten"\n')
+    with pytest.raises(ConfigError, match="epochs must be int, got 'ten'"):
+        load_config("single-label", config_file=bad)
+    bad.write_text("epochs = [\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config("single-label", config_file=bad)
+    with pytest.raises(ConfigError, match="precision = 'fp8' is not one of fp32, bf16, fp16"):
+        load_config("single-label", "gru", overrides={"precision": "fp8"})
+    with pytest.raises(ConfigError, match="config file .*missing.toml not found"):
+        load_config("single-label", config_file=tmp_path / "missing.toml")
+
+
+def test_config_file_then_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('epochs = 7\nlr = 0.01\n[model]\nname = "gru"\nhidden_size = 50\n')
+    cfg = load_config("single-label", config_file=f,
+                      overrides=parse_set(["model.num_layers=2", "lr=0.002"]))
+    assert (cfg.model, cfg.epochs, cfg.lr) == ("gru", 7, 0.002)
+    assert cfg.model_args["hidden_size"] == 50 and cfg.model_args["num_layers"] == 2
+    # Choosing another model drops the options of the file's model.
+    assert load_config("single-label", "cnn", config_file=f).model_args["channels"] == 32
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        parse_set(["lr"])
+
+
+def test_learning_rate_schedules_are_pure_functions_of_the_step():
+    cfg = tiny(lr=1.0, warmup_epochs=1.0)
+    assert [lr_at(s, 100, 10, cfg) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert lr_at(100, 100, 10, cfg) == pytest.approx(0.0)
+    assert lr_at(55, 100, 10, cfg) == pytest.approx(0.5)  # cosine halfway after warm-up
+    step_cfg = tiny(lr=1.0, schedule="step")
+    assert [lr_at(s, 100, 10, step_cfg) for s in (49, 50, 75)] == pytest.approx([1, 0.1, 0.01])
