@@ -176,13 +176,14 @@ def data_check(data_dir: DataDir = None) -> None:
 
 @data_app.command("download")
 def data_download(
-    root: Annotated[Path, typer.Option(help="Folder to download into")] = Path("data"),
+    root: Annotated[Path, typer.Option(help="Folder to download into")] = Path(
+        "data/fashion-mnist"),
 ) -> None:
     """Download Fashion-MNIST with torchvision (needs internet) and verify it."""
     from cnnrnn.data.fashion_mnist import download
 
     where = download(root)
-    typer.echo(f"downloaded and verified: {where} (found automatically with --data-dir {root})")
+    typer.echo(f"downloaded and verified: {where}")
 
 
 @data_app.command("show")

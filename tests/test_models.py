@@ -119,3 +119,14 @@ def test_torchvision_import_errors(tmp_path):
         load_torchvision_vgg16(VGGEncoder(width=1.0), path)
     with pytest.raises(CheckpointError, match="not found"):
         load_torchvision_vgg16(VGGEncoder(width=1.0), tmp_path / "nope.pt")
+
+
+def test_grid_pooling_keeps_each_mosaic_cell_apart():
+    enc = VGGEncoder(width=0.125).eval()
+    x = torch.randn(2, 1, 56, 56)
+    fmap = enc.forward_feature_map(x)  # (2, C, 2, 2)
+    assert enc.forward_features(x).shape == (2, enc.channels)
+    torch.testing.assert_close(enc.forward_features(x), fmap.amax(dim=(2, 3)))
+    enc.use_pooling("max", 2)
+    assert enc.num_features == 4 * enc.channels
+    torch.testing.assert_close(enc.forward_features(x), fmap.flatten(1))

@@ -177,7 +177,8 @@ def download(root: str | Path) -> Path:
         TVFashionMNIST(str(root), train=True, download=True)
         TVFashionMNIST(str(root), train=False, download=True)
     except Exception as e:  # network errors come in many types
-        raise DataError(f"download failed ({type(e).__name__}: {e}); check the internet "
+        reason = " ".join(str(e).split())  # torchvision's message spans several lines
+        raise DataError(f"download failed ({type(e).__name__}: {reason}); check the internet "
                         f"connection or copy the files by hand into {root}") from None
     load_fashion_mnist(root)
     return Path(root) / "FashionMNIST" / "raw"

@@ -26,11 +26,14 @@ MULTI = ("multilabel",)
 class CNNRNNArgs:
     encoder_width: float = 0.25  # of the VGG-16-style encoder; 1.0 for torchvision weights
     encoder_batch_norm: bool = True
+    image_grid: int = 2  # encoder map pooled to grid x grid and flattened; 1 = global (paper)
     embed_dim: int = 64  # label embedding size E (>= K+1, so scores are not rank-limited)
     hidden_size: int = 256  # LSTM units
     dropout: float = 0.1
 
     def validate(self) -> None:
+        if self.image_grid < 1:
+            raise ConfigError(f"image_grid must be >= 1, got {self.image_grid}")
         if self.embed_dim < 1 or self.hidden_size < 1:
             raise ConfigError("embed_dim and hidden_size must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -41,9 +44,12 @@ class CNNRNNArgs:
 class BCEArgs:
     encoder_width: float = 0.25
     encoder_batch_norm: bool = True
+    image_grid: int = 2  # as for the CNN-RNN: both read the same image features
     dropout: float = 0.1
 
     def validate(self) -> None:
+        if self.image_grid < 1:
+            raise ConfigError(f"image_grid must be >= 1, got {self.image_grid}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -52,6 +58,7 @@ def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None 
                   label_priority: list[int] | None = None, order: str = "fixed",
                   freeze_encoder: bool = True) -> CNNRNN:
     encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
+    encoder.use_pooling("max", args.image_grid)
     return CNNRNN(encoder, num_classes, args.embed_dim, args.hidden_size, label_priority,
                   order, args.dropout, freeze_encoder)  # type: ignore[arg-type]
 
@@ -59,6 +66,7 @@ def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None 
 def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
               freeze_encoder: bool = True, **_: object) -> BCEHead:
     encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
+    encoder.use_pooling("max", args.image_grid)
     model = BCEHead(encoder, num_classes, args.dropout, freeze_encoder)
     # The decision threshold is chosen on validation data; a buffer, so checkpoints carry it.
     model.register_buffer("threshold", torch.tensor(0.5))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnrnn.errors import CheckpointError, ConfigError
@@ -56,20 +57,29 @@ class VGGEncoder(nn.Module):
             layers.append(nn.ReLU(inplace=True))
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.num_features = c_in
-        self.pool = pool
+        self.channels = c_in
+        self.use_pooling(pool, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
+    def use_pooling(self, pool: str, grid: int = 1) -> None:
+        """Pool the last feature map to a `grid` x `grid` map and flatten it.
+
+        grid 1 is global pooling (one C-vector, as for single items); a mosaic's 2x2 map kept
+        as grid 2 gives each cell its own C features, so items in different cells do not mix.
+        """
+        self.pool, self.grid = pool, grid
+        self.num_features = self.channels * grid * grid
+
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, C, ceil(H/32), ceil(W/32))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.features(x)
-        pooled = fmap.amax(dim=(2, 3)) if self.pool == "max" else fmap.mean(dim=(2, 3))
-        return pooled  # (B, C)
+        fmap = self.features(x)  # (B, C, h, w)
+        pool = F.adaptive_max_pool2d if self.pool == "max" else F.adaptive_avg_pool2d
+        return pool(fmap, self.grid).flatten(1)  # (B, C * grid * grid)
 
 
 class VGG16(nn.Module):

@@ -1,0 +1,185 @@
+"""The multilabel task end to end: encoder sources, label orders, BCE threshold, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnrnn.checkpoint import load_checkpoint
+from cnnrnn.cli import app
+from cnnrnn.config import load_config
+from cnnrnn.errors import CheckpointError
+from cnnrnn.evaluate import load_run
+from cnnrnn.multilabel import label_priority
+from cnnrnn.train import resume_config, train
+
+runner = CliRunner()
+EVAL = {"multilabel.val_mosaics": 200, "multilabel.test_mosaics": 200}
+TINY_ML = {"epochs": 2, "limit_train": 256, "batch_size": 64, "model.encoder_width": 0.125,
+           "model.hidden_size": 32, "model.embed_dim": 16, "eval_batch_size": 200,
+           "multilabel.beam_width": 2, **EVAL}
+
+
+def cli(*args) -> str:
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def encoder_run(tmp_path_factory, data_dir) -> Path:
+    """A tiny single-label vgg16 run whose encoder the multilabel models start from."""
+    run = tmp_path_factory.mktemp("enc") / "vgg"
+    cfg = load_config("single-label", "vgg16", overrides={
+        "epochs": 1, "limit_train": 512, "val_size": 200, "model.width": 0.125,
+        "batch_size": 64})
+    train(cfg, run, data_dir=data_dir)
+    return run
+
+
+def ml_config(model: str, encoder_run: Path, **over) -> object:
+    tiny = {k: v for k, v in TINY_ML.items()
+            if model == "cnn-rnn" or k not in ("model.hidden_size", "model.embed_dim")}
+    return load_config("multilabel", model, overrides={
+        **tiny, "multilabel.encoder_checkpoint": str(encoder_run), **over})
+
+
+def test_label_orders():
+    cfg = load_config("multilabel")
+    freq = torch.tensor([0.1, 0.5, 0.3, 0.05, 0.2, 0.15, 0.25, 0.4, 0.35, 0.45])
+    most = label_priority(cfg, freq)
+    assert most == freq.argsort(descending=True).tolist() and most[0] == 1
+    rare = label_priority(load_config("multilabel", overrides={"multilabel.order": "rare-first"}),
+                          freq)
+    assert rare == most[::-1]
+    rnd = load_config("multilabel", overrides={"multilabel.order": "random"})
+    assert label_priority(rnd, freq) == label_priority(rnd, freq)  # one fixed order
+    assert sorted(label_priority(rnd, freq)) == list(range(10))
+
+
+def test_cnn_rnn_uses_the_single_label_encoder(encoder_run, data_dir, tmp_path):
+    run = tmp_path / "ml"
+    train(ml_config("cnn-rnn", encoder_run), run, data_dir=data_dir)
+    enc = load_checkpoint(encoder_run / "best.pt")["model"]
+    ml = load_checkpoint(run / "best.pt")["model"]
+    # Frozen by default: the encoder weights (and batch-norm statistics) are unchanged.
+    for k, v in enc.items():
+        if k.startswith("encoder."):
+            assert torch.equal(ml[k], v), k
+    state = load_checkpoint(run / "best.pt")
+    freq = torch.tensor(state["extra"]["label_frequencies"])
+    rank = ml["label_rank"]  # label_rank[k] = position of label k in the order
+    assert rank.argsort().tolist() == freq.argsort(descending=True, stable=True).tolist()
+
+
+def test_finetune_changes_the_encoder(encoder_run, data_dir, tmp_path):
+    run = tmp_path / "ft"
+    train(ml_config("cnn-rnn", encoder_run, **{"multilabel.finetune_encoder": True,
+                                              "epochs": 1}), run, data_dir=data_dir)
+    enc = load_checkpoint(encoder_run / "best.pt")["model"]
+    ml = load_checkpoint(run / "best.pt")["model"]
+    assert not torch.equal(ml["encoder.features.0.weight"], enc["encoder.features.0.weight"])
+
+
+def test_bce_threshold_is_chosen_on_validation_and_saved(encoder_run, data_dir, tmp_path):
+    run = tmp_path / "bce"
+    train(ml_config("bce", encoder_run), run, data_dir=data_dir)
+    threshold = float(load_checkpoint(run / "best.pt")["model"]["threshold"])
+    assert 0.0 < threshold < 1.0 and threshold != 0.5
+    _, _, model, _ = load_run(run)
+    assert float(model.threshold) == threshold
+
+
+def test_encoder_from_another_model_is_refused(data_dir, tmp_path, encoder_run):
+    lstm = tmp_path / "lstm"
+    train(load_config("single-label", "lstm", overrides={
+        "epochs": 1, "limit_train": 128, "val_size": 100, "model.hidden_size": 8}), lstm,
+        data_dir=data_dir)
+    with pytest.raises(CheckpointError, match="is a single-label 'lstm' run; the encoder must "
+                                              "come from a single-label vgg16 run"):
+        train(ml_config("cnn-rnn", lstm), tmp_path / "x", data_dir=data_dir)
+    with pytest.raises(CheckpointError, match="has a width-0.125 encoder .*encoder_width=0.125"):
+        train(ml_config("cnn-rnn", encoder_run, **{"model.encoder_width": 0.25}),
+              tmp_path / "y", data_dir=data_dir)
+
+
+def test_automatic_encoder_pretraining_is_cached(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNRNN_CACHE", str(tmp_path / "cache"))
+    said: list[str] = []
+    from cnnrnn.progress import Reporter
+
+    class Collect(Reporter):
+        def say(self, message: str) -> None:
+            said.append(message)
+
+    over = {**TINY_ML, "epochs": 1, "val_size": 200, "multilabel.encoder_epochs": 1,
+            "multilabel.encoder_limit_train": 256}
+    train(load_config("multilabel", overrides=over), tmp_path / "a", data_dir=data_dir,
+          reporter=Collect(enabled=False))
+    assert "pretraining a vgg16 encoder" in said[0]
+    cached = list((tmp_path / "cache" / "encoders").iterdir())
+    assert len(cached) == 1 and (cached[0] / "best.pt").is_file()
+    train(load_config("multilabel", overrides=over), tmp_path / "b", data_dir=data_dir,
+          reporter=Collect(enabled=False))
+    assert "using the cached pretrained encoder" in said[1]
+
+
+def test_multilabel_resume_equals_straight(encoder_run, data_dir, tmp_path):
+    over = {"schedule": "constant", "multilabel.order": "pla"}
+    train(ml_config("cnn-rnn", encoder_run, **over), tmp_path / "s", data_dir=data_dir)
+    train(ml_config("cnn-rnn", encoder_run, **over, epochs=1), tmp_path / "r",
+          data_dir=data_dir)
+    train(resume_config(tmp_path / "r", epochs=2), tmp_path / "r", resume=True,
+          data_dir=data_dir)
+    rows = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("s", "r")]
+    strip = [[{k: v for k, v in json.loads(x).items() if k not in ("ms_per_step",
+                                                                    "train_seconds")}
+              for x in r.splitlines()] for r in rows]
+    assert strip[0] == strip[1]
+
+
+def test_cli_mosaics_train_evaluate_predict(encoder_run, data_dir, tmp_path):
+    npz = tmp_path / "m.npz"
+    cli("data", "mosaics", "--split", "test", "--n", "12", "--prior", "outfits", "--seed", "3",
+        "--out", npz, "--data-dir", data_dir)
+    with np.load(npz, allow_pickle=False) as f:
+        images, labels = f["images"], f["labels"]
+    assert images.shape == (12, 56, 56) and images.dtype == np.uint8
+    assert labels.shape == (12, 10) and labels.dtype == np.uint8
+    assert ((labels.sum(1) >= 1) & (labels.sum(1) <= 4)).all()
+    cli("data", "show", "--mosaics", npz, "--out", tmp_path / "m.png")
+    assert (tmp_path / "m.png").is_file()
+
+    run = tmp_path / "run"
+    cli("train", "--task", "multilabel", "--epochs", "1", "--limit-train", "256",
+        "--batch-size", "64", "--encoder-checkpoint", encoder_run, "--beam-width", "2",
+        "--set", "model.encoder_width=0.125", "--set", "model.hidden_size=32",
+        "--set", "multilabel.val_mosaics=200", "--set", "multilabel.test_mosaics=200",
+        "--out", run, "--data-dir", data_dir, "--quiet")
+    assert {"config.toml", "metrics.jsonl", "best.pt", "last.pt", "learning_curve.png"} <= {
+        p.name for p in run.iterdir()}
+    result = json.loads(cli("evaluate", run, "--json", "--data-dir", data_dir))
+    for key in ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "macro-F1", "mAP", "exact_match",
+                "hamming_loss"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert set(result["per_label"]["Trouser"]) >= {"precision", "recall", "ap"}
+
+    np.save(tmp_path / "m.npy", images)
+    pred = json.loads(cli("predict", run, tmp_path / "m.npy"))
+    assert len(pred["label_sets"]) == 12 and np.array(pred["scores"]).shape == (12, 10)
+    assert all(len(s) == len(set(s)) and all(0 <= k < 10 for k in s) for s in pred["label_sets"])
+
+    np.save(tmp_path / "bad.npy", images[:, :28, :28])
+    proc = subprocess.run([sys.executable, "-m", "cnnrnn", "predict", str(run),
+                           str(tmp_path / "bad.npy")], capture_output=True, text=True,
+                          env=os.environ.copy())
+    assert proc.returncode == 2
+    assert r"has shape (12, 28, 28); expected (N, 56, 56)" in proc.stderr
