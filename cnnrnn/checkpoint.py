@@ -26,19 +26,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def read_torch_file(path: Path, what: str, fix: str) -> Any:
+    """torch.load with weights_only=True (no code runs); a bad file is a one-line error."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} not found; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {what} {path} ({type(e).__name__}): the file is "
+                              f"corrupt or of another kind; {fix}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; a bad file is a one-line CheckpointError."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; pass a run folder written by "
-                              "`cnnrnn train` (it holds best.pt and last.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): the file is "
-                              "corrupt or not a cnnrnn checkpoint") from None
+    state = read_torch_file(path, "checkpoint", "pass a run folder written by `cnnrnn train` "
+                            "(it holds best.pt and last.pt)")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cnnrnn checkpoint (format {FORMAT} expected)")
     return state

@@ -105,6 +105,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="test or val")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    beam_width: Annotated[int | None, typer.Option(
+        help="cnn-rnn runs: decode with this beam width instead of the run's")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     data_dir: DataDir = None,
 ) -> None:
@@ -113,7 +115,7 @@ def evaluate(
 
     if checkpoint not in ("best", "last"):
         raise CnnrnnError(f"unknown checkpoint {checkpoint!r}; choose best or last")
-    result = evaluate_run(run, split, data_dir, checkpoint, device)
+    result = evaluate_run(run, split, data_dir, checkpoint, device, beam_width)
     if as_json:
         _echo_json(result)
         return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +37,34 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu"
 
 
 def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | None = None,
-                 checkpoint: str = "best", device: str = "cpu") -> dict[str, Any]:
-    """Metrics of a run's checkpoint on the validation or test split."""
+                 checkpoint: str = "best", device: str = "cpu", beam_width: int | None = None
+                 ) -> dict[str, Any]:
+    """Metrics of a run's checkpoint on the validation or test split.
+
+    `beam_width` overrides the run's beam width (multilabel CNN-RNN runs only). The result also
+    gives the prediction time and images per second (the whole split, batches of
+    eval_batch_size, excluding data loading).
+    """
     if split not in ("test", "val"):
         raise CnnrnnError(f"unknown split {split!r}; choose test or val")
     cfg, task, model, state = load_run(run, checkpoint, device)
+    if beam_width is not None:
+        if cfg.model != "cnn-rnn":
+            raise CnnrnnError(f"--beam-width applies to cnn-rnn runs; {run} is a {cfg.model} run")
+        cfg = dataclasses.replace(cfg, multilabel=dataclasses.replace(
+            cfg.multilabel, beam_width=beam_width)).validate()
     data = task.prepare(cfg, load_fashion_mnist(data_dir))
     images, targets = ((data.test_images, data.test_targets) if split == "test"
                        else (data.val_images, data.val_targets))
     dev = resolve_device(device)
+    start = time.perf_counter()
     outputs = run_predict(task, model, images, cfg, dev, lambda: autocast(dev, cfg.precision))
+    seconds = time.perf_counter() - start
     metrics = task.metrics(outputs, targets, cfg)
+    extra = {"beam_width": cfg.multilabel.beam_width} if cfg.model == "cnn-rnn" else {}
     return {"run": str(run), "task": cfg.task, "model": cfg.model, "split": split,
-            "checkpoint": checkpoint, "epoch": state["epoch"], "n": len(images), **metrics}
+            "checkpoint": checkpoint, "epoch": state["epoch"], "n": len(images), **extra,
+            "predict_seconds": seconds, "images_per_second": len(images) / seconds, **metrics}
 
 
 def read_images(path: str | Path, size: int) -> torch.Tensor:

@@ -183,3 +183,23 @@ def test_cli_mosaics_train_evaluate_predict(encoder_run, data_dir, tmp_path):
                           env=os.environ.copy())
     assert proc.returncode == 2
     assert r"has shape (12, 28, 28); expected (N, 56, 56)" in proc.stderr
+
+
+def test_decoder_overfits_a_few_real_mosaics(fmnist):
+    from cnnrnn.data.loader import to_input
+    from cnnrnn.data.mosaics import make_split_mosaics
+    from cnnrnn.models.heads import CNNRNNArgs, build_cnn_rnn
+
+    images, labels = make_split_mosaics(fmnist, "train", 8, "outfits", seed=5)
+    torch.manual_seed(0)
+    model = build_cnn_rnn(CNNRNNArgs(encoder_width=0.125, hidden_size=64, embed_dim=16,
+                                     dropout=0.0), 10, freeze_encoder=False)
+    opt = torch.optim.RMSprop(model.parameters(), lr=2e-3)
+    x = to_input(images)
+    for _ in range(150):
+        opt.zero_grad()
+        model.loss(x, labels).backward()
+        opt.step()
+    model.eval()
+    sets, _ = model.predict(x, beam_width=1)
+    assert torch.equal(sets, labels)

@@ -35,21 +35,12 @@ from typing import Any
 import numpy as np
 
 from cnnrnn.errors import CnnrnnError
-
-
-def _as_array(x: Any, name: str) -> np.ndarray:
-    """A numpy copy of a numpy array, torch tensor (any device) or nested list."""
-    if hasattr(x, "detach"):  # a torch tensor, perhaps on a GPU or requiring grad
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
-        raise CnnrnnError(f"{name} has dtype {arr.dtype}; pass a numeric array or tensor")
-    return arr
+from cnnrnn.metrics.arrays import as_array
 
 
 def _binary_matrix(x: Any, name: str) -> np.ndarray:
     """Validate an (N, K) {0, 1} matrix and return it as bool."""
-    arr = _as_array(x, name)
+    arr = as_array(x, name)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise CnnrnnError(
             f"{name} has shape {arr.shape}; pass a non-empty (N samples, K labels) array"
@@ -70,7 +61,7 @@ def _harmonic_mean(a: float, b: float) -> float:
 
 
 def _scores_matrix(scores: Any, shape: tuple[int, ...]) -> np.ndarray:
-    s = _as_array(scores, "scores").astype(np.float64)
+    s = as_array(scores, "scores").astype(np.float64)
     if s.shape != shape:
         raise CnnrnnError(
             f"scores has shape {s.shape} but y_true has shape {shape}; pass one score per label"

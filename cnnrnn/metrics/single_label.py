@@ -20,21 +20,12 @@ from typing import Any
 import numpy as np
 
 from cnnrnn.errors import CnnrnnError
-
-
-def _as_array(x: Any, name: str) -> np.ndarray:
-    """A numpy copy of a numpy array, torch tensor (any device) or nested list."""
-    if hasattr(x, "detach"):  # a torch tensor, perhaps on a GPU or requiring grad
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
-        raise CnnrnnError(f"{name} has dtype {arr.dtype}; pass a numeric array or tensor")
-    return arr
+from cnnrnn.metrics.arrays import as_array
 
 
 def _class_indices(x: Any, name: str, num_classes: int) -> np.ndarray:
     """Validate a non-empty (N,) array of integer class indices in [0, num_classes)."""
-    arr = _as_array(x, name)
+    arr = as_array(x, name)
     if arr.ndim != 1 or arr.size == 0:
         raise CnnrnnError(f"{name} has shape {arr.shape}; pass a non-empty (N,) array of classes")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -70,7 +61,7 @@ def normalized_confusion(cm: Any) -> np.ndarray:
     Rows then sum to 1 (the recall of each class is on the diagonal); a row with no samples
     stays all zero. Returns float64 (K, K).
     """
-    cm = _as_array(cm, "cm").astype(np.float64)
+    cm = as_array(cm, "cm").astype(np.float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or (cm < 0).any():
         raise CnnrnnError(f"cm has shape {cm.shape}; pass a square matrix of non-negative counts")
     rows = cm.sum(axis=1, keepdims=True)  # (K, 1)
@@ -109,7 +100,7 @@ def single_label_metrics(
 
 
 def _distance_matrix(distance: Any) -> np.ndarray:
-    d = _as_array(distance, "distance").astype(np.float64)
+    d = as_array(distance, "distance").astype(np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1] or not np.isfinite(d).all():
         raise CnnrnnError(
             f"distance has shape {d.shape}; pass a finite (K, K) matrix of class distances"
@@ -139,7 +130,7 @@ def hierarchical_distance_at_k(y_true: Any, probs: Any, distance: Any, k: int) -
     d = _distance_matrix(distance)
     num_classes = len(d)
     t = _class_indices(y_true, "y_true", num_classes)  # (N,)
-    s = _as_array(probs, "probs").astype(np.float64)
+    s = as_array(probs, "probs").astype(np.float64)
     if s.shape != (len(t), num_classes):
         raise CnnrnnError(
             f"probs has shape {s.shape}; pass one score per class, shape ({len(t)}, {num_classes})"

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnrnn.errors import DataError
+from cnnrnn.models.encoder import HasEncoder
 
 
-class BCEHead(nn.Module):
+class BCEHead(HasEncoder):
     """Encoder + linear head: (B, 1, H, W) images -> (B, K) logits, one sigmoid per label."""
 
     def __init__(
@@ -24,26 +25,10 @@ class BCEHead(nn.Module):
         freeze_encoder: bool = False,
     ) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.set_encoder(encoder, freeze_encoder)
         self.num_labels = num_labels
-        self.freeze_encoder = freeze_encoder
-        if freeze_encoder:
-            encoder.requires_grad_(False)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.num_features, num_labels)
-
-    def train(self, mode: bool = True) -> BCEHead:
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()  # frozen includes batch-norm statistics
-        return self
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Image representation: (B, 1, H, W) float -> (B, D)."""
-        if self.freeze_encoder:
-            with torch.no_grad():
-                return self.encoder.forward_features(x)
-        return self.encoder.forward_features(x)
 
     def logits_from_features(self, features: Tensor) -> Tensor:
         """(B, D) -> (B, K) logits."""

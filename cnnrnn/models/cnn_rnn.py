@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnrnn.errors import ConfigError, DataError
+from cnnrnn.models.encoder import HasEncoder
 
 IGNORE_INDEX = -100  # target padding after END; F.nll_loss skips it
 Order = Literal["fixed", "pla"]
@@ -52,7 +53,7 @@ class Decoded:
     scores: Tensor  # (B, K) float in [0, 1]: ranking score for mAP, > 0.5 exactly when emitted
 
 
-class CNNRNN(nn.Module):
+class CNNRNN(HasEncoder):
     """Image encoder + LSTM over label embeddings; predicts a label set as a label sequence.
 
     Label ids: 0..K-1 the labels, K = END, K+1 = START (the rows of U_l).
@@ -81,13 +82,10 @@ class CNNRNN(nn.Module):
             )
         if order not in ("fixed", "pla"):
             raise ConfigError(f"unknown label order {order!r}; use 'fixed' or 'pla'")
-        self.encoder = encoder
+        self.set_encoder(encoder, freeze_encoder)
         self.num_labels, self.END, self.START = K, K, K + 1
         self.order: Order = order
         self.label_priority = priority
-        self.freeze_encoder = freeze_encoder
-        if freeze_encoder:
-            encoder.requires_grad_(False)
 
         # U_l embeds the input labels (eq. 2) and scores the outputs (eq. 5): one matrix for both.
         self.U_l = nn.Parameter(torch.randn(K + 2, embed_dim) * embed_dim**-0.5)  # (K+2, E)
@@ -101,19 +99,6 @@ class CNNRNN(nn.Module):
         self.register_buffer("label_rank", rank)
 
     # ---- parts ---------------------------------------------------------------------------
-
-    def train(self, mode: bool = True) -> CNNRNN:
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()  # frozen includes batch-norm statistics
-        return self
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Image representation I: (B, 1, H, W) float -> (B, D)."""
-        if self.freeze_encoder:
-            with torch.no_grad():
-                return self.encoder.forward_features(x)
-        return self.encoder.forward_features(x)
 
     def _project_image(self, features: Tensor) -> Tensor:
         return self.U_I_x(self.dropout(features))  # U_I^x I  (B, E), the same at every step

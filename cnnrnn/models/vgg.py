@@ -124,15 +124,11 @@ def fold_torchvision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def load_torchvision_vgg16(encoder: VGGEncoder, path: str | Path) -> None:
     """Load a torchvision `vgg16` / `vgg16_bn` state_dict file into a width-1.0 encoder."""
+    from cnnrnn.checkpoint import read_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"encoder weights {path} not found; pass a file saved with "
-                              "torch.save(torchvision.models.vgg16(weights=...).state_dict(), F)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path} as a state_dict ({type(e).__name__}); "
-                              "save one with torch.save(model.state_dict(), F)") from None
+    state = read_torch_file(path, "encoder weights", "pass a file saved with torch.save("
+                            "torchvision.models.vgg16(weights=...).state_dict(), F)")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
     feats = fold_torchvision_state(state)
