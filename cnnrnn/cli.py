@@ -5,6 +5,7 @@ User mistakes (CnnrnnError) print one line, `error: ...`, and exit with status 2
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -74,23 +75,27 @@ def train(
     from cnnrnn.train import train as run_training
 
     reporter = Reporter(enabled=not quiet)
+    overrides = {
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+        "schedule": schedule, "weight_decay": weight_decay, "seed": seed, "device": device,
+        "precision": precision, "limit_train": limit_train, "multilabel.prior": prior,
+        "multilabel.order": order, "multilabel.beam_width": beam_width,
+        "multilabel.encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
+        "multilabel.encoder_weights": str(encoder_weights) if encoder_weights else None,
+        "multilabel.finetune_encoder": finetune_encoder,
+        **parse_set(set_ or []),
+    }
     if resume is not None:
+        fixed = [k for k, v in overrides.items() if v is not None and k not in ("epochs", "device")]
+        fixed += [name for name, v in (("model", model), ("config", config), ("out", out)) if v]
+        if fixed:
+            raise CnnrnnError(f"--resume continues with the run's own config; drop "
+                              f"{', '.join(fixed)} (only --epochs and --device may be given)")
         cfg = resume_config(resume, epochs)
         if device:
-            cfg = type(cfg)(**{**cfg.__dict__, "device": device})
+            cfg = dataclasses.replace(cfg, device=device).validate()
         out = resume
     else:
-        overrides = {
-            "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-            "schedule": schedule, "weight_decay": weight_decay, "seed": seed, "device": device,
-            "precision": precision, "limit_train": limit_train, "multilabel.prior": prior,
-            "multilabel.order": order, "multilabel.beam_width": beam_width,
-            "multilabel.encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint
-            else None,
-            "multilabel.encoder_weights": str(encoder_weights) if encoder_weights else None,
-            "multilabel.finetune_encoder": finetune_encoder,
-            **parse_set(set_ or []),
-        }
         cfg = load_config(task, model, config, overrides)
         out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = run_training(cfg, out, resume=resume is not None, data_dir=data_dir,

@@ -148,9 +148,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
     if resume:
         state = load_checkpoint(out / "last.pt")
         saved = config_from_dict(state["config"])
-        if {**saved.to_dict(), "epochs": 0} != {**cfg.to_dict(), "epochs": 0}:
+        free = {"epochs": 0, "device": "", "threads": 0}  # may change on resume
+        if {**saved.to_dict(), **free} != {**cfg.to_dict(), **free}:
             raise CheckpointError(f"{out}/last.pt was trained with another config; resume with "
-                                  "the same options (only --epochs may change)")
+                                  "the same options (only --epochs and --device may change)")
     elif (out / "last.pt").exists():
         raise CnnrnnError(f"{out} already holds a run; continue it with --resume {out} or "
                           "choose another --out")

@@ -143,3 +143,14 @@ def test_data_check_and_show(data_dir, tmp_path):
     assert "SHA-256 of content OK" in out and out.count("OK") == 4
     cli("data", "show", "--out", tmp_path / "s.png", "--data-dir", data_dir)
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_refuses_new_options_and_continues(runs, tmp_path, data_dir):
+    proc = cnnrnn_main("train", "--resume", runs["gru"], "--lr", "0.1")
+    assert proc.returncode == 2
+    assert "--resume continues with the run's own config; drop lr" in proc.stderr
+    run = tmp_path / "more"
+    shutil.copytree(runs["gru"], run)
+    cli("train", "--resume", run, "--epochs", "3", "--data-dir", data_dir, "--quiet")
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
