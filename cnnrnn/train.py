@@ -75,6 +75,7 @@ class RunState:
     best_epoch: int = -1
     history: list[dict[str, Any]] | None = None
     rng: torch.Tensor | None = None  # global RNG state when stopped mid-epoch
+    partial: dict[str, Any] | None = None  # running sums of the epoch stopped in the middle
 
 
 class _StopFlag:
@@ -110,7 +111,7 @@ def _validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     tmp = out / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history if not row.get("partial")))
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
     os.replace(tmp, out / "metrics.jsonl")
 
 
@@ -119,7 +120,7 @@ def _checkpoint(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, 
     return {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": cfg.to_dict(),
             "epoch": st.epoch, "step": st.step, "step_in_epoch": st.step_in_epoch,
             "best_metric": st.best_metric, "best_epoch": st.best_epoch,
-            "history": st.history or [], "rng": st.rng, "extra": extra}
+            "history": st.history or [], "rng": st.rng, "partial": st.partial, "extra": extra}
 
 
 def resume_config(run_dir: str | Path, epochs: int | None = None) -> TrainConfig:
@@ -172,7 +173,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         load_model_state(model, state, out / "last.pt")
         opt.load_state_dict(state["optimizer"])
         st = RunState(state["epoch"], state["step"], state["step_in_epoch"], state["best_metric"],
-                      state["best_epoch"], list(state["history"]), state["rng"])
+                      state["best_epoch"], list(state["history"]), state["rng"], state["partial"])
         _write_history(out, st.history)
     extra = dict(data.info)
 
@@ -193,13 +194,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
                 torch.manual_seed(mix_seed(cfg.seed, epoch))
             model.train()
             loss_sum, correct, seen, step_times = 0.0, 0, 0, []
-            if st.step_in_epoch:  # the partial epoch's running sums were saved with it
-                part = st.history[-1] if st.history and st.history[-1].get("partial") else {}
-                loss_sum, correct, seen = (part.get("loss_sum", 0.0), part.get("correct", 0),
-                                           part.get("seen", 0))
-                step_times = list(part.get("step_times", []))
-                if part:
-                    st.history.pop()
+            if st.partial:  # resuming in the middle of this epoch: its running sums
+                loss_sum, correct, seen = (st.partial[k] for k in ("loss_sum", "correct", "seen"))
+                step_times = list(st.partial["step_times"])
             reporter.epoch_start(epoch, steps_per_epoch, st.step_in_epoch)
             t_step = time.perf_counter()
             for x, y in data.train.epoch(epoch, st.step_in_epoch):
@@ -231,10 +228,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
                 reporter.step(loss.item(), None if n_correct is None else correct / seen)
                 if stop.requested and st.step_in_epoch < steps_per_epoch:
                     st.rng = torch.get_rng_state()
-                    st.history.append({"partial": True, "loss_sum": loss_sum, "correct": correct,
-                                       "seen": seen, "step_times": step_times})
+                    st.partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen,
+                                  "step_times": step_times}
                     save_checkpoint(_checkpoint(model, opt, cfg, st, extra), out / "last.pt")
-                    st.history.pop()
                     stop_reason = "interrupted"
                     break
             if stop_reason == "interrupted":
@@ -251,7 +247,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
                    "train_seconds": sum(step_times),
                    "lr": lr_at(st.step - 1, total_steps, steps_per_epoch, cfg)}
             st.history.append(row)
-            st.epoch, st.step_in_epoch, st.rng = epoch + 1, 0, None
+            st.epoch, st.step_in_epoch, st.rng, st.partial = epoch + 1, 0, None, None
             improved = val[task.primary] > st.best_metric
             if improved:
                 st.best_metric, st.best_epoch = val[task.primary], epoch + 1
