@@ -35,7 +35,7 @@ CHOICES = {
 @dataclass(frozen=True)
 class MultilabelConfig:
     prior: str = "outfits"  # a configs/mosaics/<name>.toml or a path to such a file
-    train_mosaics: int = 50000  # fresh mosaics drawn per epoch (--limit-train overrides)
+    train_mosaics: int = 40000  # fresh mosaics drawn per epoch (--limit-train overrides)
     val_mosaics: int = 5000  # fixed, from validation items
     test_mosaics: int = 10000  # fixed, from test items
     order: str = "frequency"  # label order for teacher forcing: frequency|rare-first|random|pla
