@@ -112,6 +112,9 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
     beam_width: Annotated[int | None, typer.Option(
         help="cnn-rnn runs: decode with this beam width instead of the run's")] = None,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="single-label runs: also read the mirrored image (default: "
+        "the run's tta_flip)")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     data_dir: DataDir = None,
 ) -> None:
@@ -120,7 +123,7 @@ def evaluate(
 
     if checkpoint not in ("best", "last"):
         raise CnnrnnError(f"unknown checkpoint {checkpoint!r}; choose best or last")
-    result = evaluate_run(run, split, data_dir, checkpoint, device, beam_width)
+    result = evaluate_run(run, split, data_dir, checkpoint, device, beam_width, tta)
     if as_json:
         _echo_json(result)
         return

@@ -64,6 +64,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     label_smoothing: float = 0.0
     augment: bool = False  # random horizontal flips and 2-pixel shifts
+    tta_flip: bool = False  # single-label evaluation: average the logits of x and its mirror
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # bf16 autocast is ~4.5x faster on CPUs with AVX512-BF16

@@ -37,11 +37,12 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu"
 
 
 def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | None = None,
-                 checkpoint: str = "best", device: str = "cpu", beam_width: int | None = None
-                 ) -> dict[str, Any]:
+                 checkpoint: str = "best", device: str = "cpu", beam_width: int | None = None,
+                 tta_flip: bool | None = None) -> dict[str, Any]:
     """Metrics of a run's checkpoint on the validation or test split.
 
-    `beam_width` overrides the run's beam width (multilabel CNN-RNN runs only). The result also
+    `beam_width` overrides the run's beam width (multilabel CNN-RNN runs only); `tta_flip`
+    whether single-label logits are averaged with those of the mirrored image. The result also
     gives the prediction time and images per second (the whole split, batches of
     eval_batch_size, excluding data loading).
     """
@@ -53,6 +54,10 @@ def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | No
             raise CnnrnnError(f"--beam-width applies to cnn-rnn runs; {run} is a {cfg.model} run")
         cfg = dataclasses.replace(cfg, multilabel=dataclasses.replace(
             cfg.multilabel, beam_width=beam_width)).validate()
+    if tta_flip is not None:
+        if cfg.task != "single-label":
+            raise CnnrnnError(f"--tta applies to single-label runs; {run} is a {cfg.task} run")
+        cfg = dataclasses.replace(cfg, tta_flip=tta_flip)
     data = task.prepare(cfg, load_fashion_mnist(data_dir))
     images, targets = ((data.test_images, data.test_targets) if split == "test"
                        else (data.val_images, data.val_targets))
@@ -61,7 +66,8 @@ def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | No
     outputs = run_predict(task, model, images, cfg, dev, lambda: autocast(dev, cfg.precision))
     seconds = time.perf_counter() - start
     metrics = task.metrics(outputs, targets, cfg)
-    extra = {"beam_width": cfg.multilabel.beam_width} if cfg.model == "cnn-rnn" else {}
+    extra = ({"beam_width": cfg.multilabel.beam_width} if cfg.model == "cnn-rnn" else
+             {"tta_flip": cfg.tta_flip} if cfg.task == "single-label" else {})
     return {"run": str(run), "task": cfg.task, "model": cfg.model, "split": split,
             "checkpoint": checkpoint, "epoch": state["epoch"], "n": len(images), **extra,
             "predict_seconds": seconds, "images_per_second": len(images) / seconds, **metrics}

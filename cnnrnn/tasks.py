@@ -81,7 +81,9 @@ def _single_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainC
 
 
 def _single_predict(model: nn.Module, x: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    logits = model(x).float()
+    logits = model(x).float()  # (B, 10)
+    if cfg.tta_flip:  # test-time augmentation: the mirror image votes too
+        logits = (logits + model(x.flip(-1)).float()) / 2
     return {"logits": logits, "probs": logits.softmax(1), "labels": logits.argmax(1)}
 
 

@@ -154,3 +154,11 @@ def test_resume_refuses_new_options_and_continues(runs, tmp_path, data_dir):
     cli("train", "--resume", run, "--epochs", "3", "--data-dir", data_dir, "--quiet")
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_tta_flag(runs, data_dir):
+    plain = json.loads(cli("evaluate", runs["lstm"], "--json", "--data-dir", data_dir))
+    tta = json.loads(cli("evaluate", runs["lstm"], "--json", "--tta", "--data-dir", data_dir))
+    assert (plain["tta_flip"], tta["tta_flip"]) == (False, True)
+    # The mirrored images vote: predictions change for some of the 10,000 test images.
+    assert plain["confusion_matrix"] != tta["confusion_matrix"]
