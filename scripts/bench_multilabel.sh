@@ -3,6 +3,7 @@
 #   usage: scripts/bench_multilabel.sh ENCODER_RUN OUT PRIOR [VARIANT ...]
 #   VARIANT: frequency | rare-first | random | pla (cnn-rnn label orders) | bce (baseline);
 #            default: all five. Each run is resumed if it was interrupted.
+#   TRAIN_ARGS (environment): more `cnnrnn train` flags, e.g. "--set model.per_cell=true".
 # Every run writes OUT/PRIOR/VARIANT/ with test-beam1.json and test-beam3.json (cnn-rnn) or
 # test.json (bce): `cnnrnn evaluate --json` on the test mosaics.
 set -euo pipefail
@@ -19,7 +20,7 @@ for v in "${variants[@]}"; do
     "$bin" train --resume "$dir" --quiet
   else
     "$bin" train --task multilabel "${model[@]}" --prior "$prior" \
-      --encoder-checkpoint "$enc" --out "$dir" --quiet
+      --encoder-checkpoint "$enc" --out "$dir" --quiet ${TRAIN_ARGS:-}
   fi
   if [ "$v" = bce ]; then
     "$bin" evaluate "$dir" --json > "$dir/test.json"

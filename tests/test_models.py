@@ -130,3 +130,14 @@ def test_grid_pooling_keeps_each_mosaic_cell_apart():
     enc.use_pooling("max", 2)
     assert enc.num_features == 4 * enc.channels
     torch.testing.assert_close(enc.forward_features(x), fmap.flatten(1))
+
+
+def test_per_cell_encoding_equals_encoding_each_item_alone():
+    torch.manual_seed(0)
+    enc = VGGEncoder(width=0.125).eval()
+    items = torch.randn(4, 1, 28, 28)
+    mosaic = torch.cat([torch.cat([items[0], items[1]], 2), torch.cat([items[2], items[3]], 2)],
+                       1)[None]  # (1, 1, 56, 56), cells in row-major order
+    alone = enc.forward_features(items)  # (4, C)
+    enc.use_pooling("max", 2, per_cell=True)
+    torch.testing.assert_close(enc.forward_features(mosaic), alone.reshape(1, -1))

@@ -27,6 +27,7 @@ class CNNRNNArgs:
     encoder_width: float = 0.25  # of the VGG-16-style encoder; 1.0 for torchvision weights
     encoder_batch_norm: bool = True
     image_grid: int = 2  # encoder map pooled to grid x grid and flattened; 1 = global (paper)
+    per_cell: bool = False  # encode each grid cell alone (uses the mosaic layout; see vgg.py)
     embed_dim: int = 64  # label embedding size E (>= K+1, so scores are not rank-limited)
     hidden_size: int = 256  # LSTM units
     dropout: float = 0.1
@@ -45,6 +46,7 @@ class BCEArgs:
     encoder_width: float = 0.25
     encoder_batch_norm: bool = True
     image_grid: int = 2  # as for the CNN-RNN: both read the same image features
+    per_cell: bool = False
     dropout: float = 0.1
 
     def validate(self) -> None:
@@ -58,7 +60,7 @@ def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None 
                   label_priority: list[int] | None = None, order: str = "fixed",
                   freeze_encoder: bool = True) -> CNNRNN:
     encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
-    encoder.use_pooling("max", args.image_grid)
+    encoder.use_pooling("max", args.image_grid, args.per_cell)
     return CNNRNN(encoder, num_classes, args.embed_dim, args.hidden_size, label_priority,
                   order, args.dropout, freeze_encoder)  # type: ignore[arg-type]
 
@@ -66,7 +68,7 @@ def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None 
 def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
               freeze_encoder: bool = True, **_: object) -> BCEHead:
     encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
-    encoder.use_pooling("max", args.image_grid)
+    encoder.use_pooling("max", args.image_grid, args.per_cell)
     model = BCEHead(encoder, num_classes, args.dropout, freeze_encoder)
     # The decision threshold is chosen on validation data; a buffer, so checkpoints carry it.
     model.register_buffer("threshold", torch.tensor(0.5))

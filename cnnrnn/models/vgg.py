@@ -64,19 +64,30 @@ class VGGEncoder(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def use_pooling(self, pool: str, grid: int = 1) -> None:
+    def use_pooling(self, pool: str, grid: int = 1, per_cell: bool = False) -> None:
         """Pool the last feature map to a `grid` x `grid` map and flatten it.
 
         grid 1 is global pooling (one C-vector, as for single items); a mosaic's 2x2 map kept
-        as grid 2 gives each cell its own C features, so items in different cells do not mix.
+        as grid 2 gives each cell its own C features. With `per_cell`, the image is cut into
+        grid x grid cells first and each cell is encoded alone, exactly as a single item is:
+        on mosaics this removes the mixing of neighbouring cells at the encoder's pooling
+        steps (a 56x56 mosaic's cell border falls inside a pooling window at 1/8 scale).
         """
-        self.pool, self.grid = pool, grid
+        self.pool, self.grid, self.per_cell = pool, grid, per_cell
         self.num_features = self.channels * grid * grid
 
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, C, ceil(H/32), ceil(W/32))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_cell and self.grid > 1:
+            b, c, h, w = x.shape
+            g = self.grid
+            cells = x.reshape(b, c, g, h // g, g, w // g).permute(0, 2, 4, 1, 3, 5)
+            cells = cells.reshape(b * g * g, c, h // g, w // g)  # row-major cells
+            fmap = self.features(cells)  # (B*g*g, C, h', w')
+            pool = F.adaptive_max_pool2d if self.pool == "max" else F.adaptive_avg_pool2d
+            return pool(fmap, 1).reshape(b, -1)  # (B, g*g*C), cell by cell
         fmap = self.features(x)  # (B, C, h, w)
         pool = F.adaptive_max_pool2d if self.pool == "max" else F.adaptive_avg_pool2d
         return pool(fmap, self.grid).flatten(1)  # (B, C * grid * grid)
