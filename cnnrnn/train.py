@@ -173,7 +173,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
         load_model_state(model, state, out / "last.pt")
         opt.load_state_dict(state["optimizer"])
         st = RunState(state["epoch"], state["step"], state["step_in_epoch"], state["best_metric"],
-                      state["best_epoch"], list(state["history"]), state["rng"], state.get("partial"))
+                      state["best_epoch"], list(state["history"]), state["rng"],
+                      state.get("partial"))
         _write_history(out, st.history)
     extra = dict(data.info)
 
