@@ -119,18 +119,19 @@ def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None
         rows.append({"run": Path(run).name, "model": cfg.model,
                      "parameters": count_parameters(model), "epochs": len(history),
                      "ms_per_step": statistics.median(r["ms_per_step"] for r in history),
+                     "epoch_seconds": statistics.median(r["train_seconds"] for r in history),
                      "peak_val": max(r[key] for r in history), "final_val": history[-1][key],
                      "test": test[task.primary], "metric": task.primary})
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| run | model | parameters | epochs | ms/step (median) | peak val | final val | "
-            "test |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| run | model | parameters | epochs | ms/step (median) | s/epoch (median) | peak val | "
+            "final val | test |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(
         f"| {r['run']} | {r['model']} | {r['parameters']:,} | {r['epochs']} | "
-        f"{r['ms_per_step']:.1f} | {100 * r['peak_val']:.2f} % | {100 * r['final_val']:.2f} % | "
-        f"{100 * r['test']:.2f} % |\n" for r in rows)
+        f"{r['ms_per_step']:.1f} | {r['epoch_seconds']:.1f} | {100 * r['peak_val']:.2f} % | "
+        f"{100 * r['final_val']:.2f} % | {100 * r['test']:.2f} % |\n" for r in rows)
     return head + body
 
 
