@@ -126,8 +126,8 @@ def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| run | model | parameters | epochs | ms/step (median) | s/epoch (median) | peak val | "
-            "final val | test |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| run | model | parameters | epochs | ms/step (median) | s/epoch (median) | "
+            "peak val | final val | test |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
     body = "".join(
         f"| {r['run']} | {r['model']} | {r['parameters']:,} | {r['epochs']} | "
         f"{r['ms_per_step']:.1f} | {r['epoch_seconds']:.1f} | {100 * r['peak_val']:.2f} % | "
