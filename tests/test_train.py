@@ -125,13 +125,16 @@ def test_existing_run_needs_resume_and_same_config(data_dir, tmp_path):
 
 def test_run_folder_files(data_dir, tmp_path):
     run = tmp_path / "run"
-    train(tiny(epochs=2), run, data_dir=data_dir)
+    cfg = tiny(epochs=2)
+    train(cfg, run, data_dir=data_dir)
     for name in ("config.toml", "metrics.jsonl", "last.pt", "best.pt", "learning_curve.png",
                  "confusion_matrix.png", "val_metrics.json"):
         assert (run / name).is_file(), name
     saved = read_toml(run / "config.toml")
-    assert saved["model"] == {"name": "lstm", "hidden_size": 32, "num_layers": 1,
-                              "bidirectional": False, "dropout": 0.0, "nonlinearity": "tanh"}
+    assert saved == cfg.to_dict()  # every resolved option, the recipe's and the overrides
+    assert saved["model"]["hidden_size"] == 32 and saved["model"]["name"] == "lstm"
+    assert set(saved["model"]) == {"name", "hidden_size", "num_layers", "bidirectional",
+                                   "dropout", "nonlinearity"}
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["step"] == 16
     assert all(r["ms_per_step"] > 0 for r in rows)
