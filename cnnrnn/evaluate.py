@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from torch import nn
 
 from cnnrnn.checkpoint import load_checkpoint, load_model_state
 from cnnrnn.config import TrainConfig, config_from_dict
-from cnnrnn.data.fashion_mnist import CLASSES, load_fashion_mnist
+from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, load_fashion_mnist
 from cnnrnn.errors import CnnrnnError
 from cnnrnn.models.registry import count_parameters
 from cnnrnn.precision import autocast, resolve_device
@@ -49,6 +48,14 @@ def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | No
     if split not in ("test", "val"):
         raise CnnrnnError(f"unknown split {split!r}; choose test or val")
     cfg, task, model, state = load_run(run, checkpoint, device)
+    return _evaluate_loaded(run, cfg, task, model, state, load_fashion_mnist(data_dir), split,
+                            checkpoint, device, beam_width, tta_flip)
+
+
+def _evaluate_loaded(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Module,
+                     state: dict[str, Any], fmnist: FashionMNIST, split: str, checkpoint: str,
+                     device: str, beam_width: int | None = None, tta_flip: bool | None = None
+                     ) -> dict[str, Any]:
     if beam_width is not None:
         if cfg.model != "cnn-rnn":
             raise CnnrnnError(f"--beam-width applies to cnn-rnn runs; {run} is a {cfg.model} run")
@@ -58,7 +65,7 @@ def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | No
         if cfg.task != "single-label":
             raise CnnrnnError(f"--tta applies to single-label runs; {run} is a {cfg.task} run")
         cfg = dataclasses.replace(cfg, tta_flip=tta_flip)
-    data = task.prepare(cfg, load_fashion_mnist(data_dir))
+    data = task.prepare(cfg, fmnist)
     images, targets = ((data.test_images, data.test_targets) if split == "test"
                        else (data.val_images, data.val_targets))
     dev = resolve_device(device)
@@ -109,13 +116,15 @@ def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None
     from cnnrnn.plots import read_history
 
     rows = []
+    fmnist = None  # read and verified once for all runs
     for run in runs:
-        cfg, task, model, _ = load_run(run)
+        cfg, task, model, state = load_run(run)
         history = read_history(run)
         if not history:
             raise CnnrnnError(f"{run} has no finished epoch yet; train it first")
         key = f"val_{task.primary}"
-        test = evaluate_run(run, "test", data_dir)
+        fmnist = fmnist or load_fashion_mnist(data_dir)
+        test = _evaluate_loaded(run, cfg, task, model, state, fmnist, "test", "best", "cpu")
         rows.append({"run": Path(run).name, "model": cfg.model,
                      "parameters": count_parameters(model), "epochs": len(history),
                      "ms_per_step": statistics.median(r["ms_per_step"] for r in history),
@@ -133,7 +142,3 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         f"{r['ms_per_step']:.1f} | {r['epoch_seconds']:.1f} | {100 * r['peak_val']:.2f} % | "
         f"{100 * r['final_val']:.2f} % | {100 * r['test']:.2f} % |\n" for r in rows)
     return head + body
-
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=1)

@@ -53,8 +53,8 @@ class MosaicBatches:
 
 
 def label_priority(cfg: TrainConfig, frequencies: torch.Tensor) -> list[int]:
-    """The fixed label order for teacher forcing (PLA uses it only to break nothing: it is
-    recorded for reference)."""
+    """The fixed label order for teacher forcing, first label first. PLA ignores it for its
+    targets; it is still stored with the model."""
     most_first = frequencies.argsort(descending=True, stable=True).tolist()
     order = cfg.multilabel.order
     if order == "rare-first":

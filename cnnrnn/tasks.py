@@ -117,7 +117,7 @@ def run_predict(task: Task, model: nn.Module, images: torch.Tensor, cfg: TrainCo
     """Run `task.predict` over uint8 images (N, H, W) in batches; outputs on the CPU."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
-    for _, x in sequential_batches(images, cfg.eval_batch_size):
+    for x in sequential_batches(images, cfg.eval_batch_size):
         if autocast_ctx is not None:
             with autocast_ctx():
                 out = task.predict(model, x.to(device), cfg)

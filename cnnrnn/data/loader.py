@@ -83,8 +83,7 @@ class IndexedBatches:
             yield to_input(images), self.targets[idx]
 
 
-def sequential_batches(images: torch.Tensor, batch_size: int
-                       ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (offset, x (B, 1, H, W) float) over `images` in order, for evaluation."""
+def sequential_batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Yield x (B, 1, H, W) float over `images` in order, for evaluation."""
     for i in range(0, len(images), batch_size):
-        yield i, to_input(images[i:i + batch_size])
+        yield to_input(images[i:i + batch_size])
