@@ -64,6 +64,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     label_smoothing: float = 0.0
     augment: bool = False  # random horizontal flips and 2-pixel shifts
+    random_erasing: float = 0.0  # single-label: chance per image of one random-noise rectangle
     tta_flip: bool = False  # single-label evaluation: average the logits of x and its mirror
     seed: int = 0
     device: str = "auto"
@@ -91,6 +92,12 @@ class TrainConfig:
             raise ConfigError("limit_train and val_size must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ConfigError(
+                f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
+        if self.random_erasing and self.task != "single-label":
+            raise ConfigError("random_erasing applies to single-label training only; "
+                              "remove it from the multilabel config")
         return self
 
     def to_dict(self) -> dict[str, Any]:

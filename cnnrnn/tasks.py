@@ -64,7 +64,8 @@ def _single_prepare(cfg: TrainConfig, data: FashionMNIST) -> TaskData:
     if cfg.limit_train:
         train_idx = train_idx[:cfg.limit_train]
     train = IndexedBatches(data.train_images[train_idx], data.train_labels[train_idx],
-                           min(cfg.batch_size, len(train_idx)), cfg.seed, augment=cfg.augment)
+                           min(cfg.batch_size, len(train_idx)), cfg.seed, augment=cfg.augment,
+                           erase=cfg.random_erasing)
     return TaskData(train, data.train_images[val_idx], data.train_labels[val_idx],
                     data.test_images, data.test_labels)
 

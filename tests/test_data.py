@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cnnrnn.data import fashion_mnist as fm
-from cnnrnn.data.loader import IndexedBatches, augment, to_input
+from cnnrnn.data.loader import IndexedBatches, augment, random_erase, to_input
 from cnnrnn.errors import DataError
 
 
@@ -153,3 +153,21 @@ def test_augment_flips_and_shifts_within_bounds():
     # The pixel moves at most 2 rows; flipped copies land near column 24.
     assert all(8 <= r <= 12 for r, _ in positions)
     assert any(c <= 5 for _, c in positions) and any(c >= 22 for _, c in positions)
+
+
+def test_random_erase_rectangles_within_bounds():
+    images = torch.full((400, 28, 28), 7, dtype=torch.uint8)
+    out = random_erase(images, torch.Generator().manual_seed(0), p=0.5)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    changed = out != images
+    erased = changed.flatten(1).any(1)
+    assert 0.4 < erased.float().mean() < 0.6  # about p of the images
+    for img in changed[erased]:
+        rows, cols = img.any(1).nonzero()[:, 0], img.any(0).nonzero()[:, 0]
+        r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+        area = (r1 - r0 + 1) * (c1 - c0 + 1)
+        # one rectangle of 2 %..40 % of the image (rounding and noise equal to 7 allowed for)
+        assert 0.01 * 784 <= area <= 0.45 * 784
+        assert img[r0:r1 + 1, c0:c1 + 1].float().mean() > 0.9
+    assert torch.equal(out, random_erase(images, torch.Generator().manual_seed(0), p=0.5))
+    assert torch.equal(random_erase(images, torch.Generator().manual_seed(0), p=0.0), images)

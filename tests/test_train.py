@@ -48,9 +48,10 @@ def test_tiny_overfit(data_dir, tmp_path):
 
 
 def test_seeded_runs_repeat_exactly(data_dir, tmp_path):
-    train(tiny(epochs=2, augment=True), tmp_path / "a", data_dir=data_dir)
-    train(tiny(epochs=2, augment=True), tmp_path / "b", data_dir=data_dir)
-    train(tiny(epochs=2, augment=True, seed=1), tmp_path / "c", data_dir=data_dir)
+    aug = {"augment": True, "random_erasing": 0.5}
+    train(tiny(epochs=2, **aug), tmp_path / "a", data_dir=data_dir)
+    train(tiny(epochs=2, **aug), tmp_path / "b", data_dir=data_dir)
+    train(tiny(epochs=2, seed=1, **aug), tmp_path / "c", data_dir=data_dir)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     assert same_weights(tmp_path / "a", tmp_path / "b")
     assert losses(tmp_path / "a") != losses(tmp_path / "c")
@@ -158,6 +159,10 @@ def test_config_errors(tmp_path):
         load_config("single-label", "gru", overrides={"precision": "fp8"})
     with pytest.raises(ConfigError, match="config file .*missing.toml not found"):
         load_config("single-label", config_file=tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="random_erasing is a probability in"):
+        load_config("single-label", "gru", overrides={"random_erasing": 1.5})
+    with pytest.raises(ConfigError, match="random_erasing applies to single-label training only"):
+        load_config("multilabel", overrides={"random_erasing": 0.5})
 
 
 def test_config_file_then_overrides(tmp_path):
