@@ -67,10 +67,12 @@ def test_label_orders():
 
 def test_cnn_rnn_uses_the_single_label_encoder(encoder_run, data_dir, tmp_path):
     run = tmp_path / "ml"
-    train(ml_config("cnn-rnn", encoder_run), run, data_dir=data_dir)
+    assert load_config("multilabel").multilabel.finetune_encoder  # the recipe's default
+    train(ml_config("cnn-rnn", encoder_run, **{"multilabel.finetune_encoder": False}), run,
+          data_dir=data_dir)
     enc = load_checkpoint(encoder_run / "best.pt")["model"]
     ml = load_checkpoint(run / "best.pt")["model"]
-    # Frozen by default: the encoder weights (and batch-norm statistics) are unchanged.
+    # Frozen (--freeze-encoder): the encoder weights and batch-norm statistics are unchanged.
     for k, v in enc.items():
         if k.startswith("encoder."):
             assert torch.equal(ml[k], v), k
