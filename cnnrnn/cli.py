@@ -58,7 +58,9 @@ def train(
     encoder_weights: Annotated[Path | None, typer.Option(
         help="multilabel: a torchvision vgg16/vgg16_bn state_dict file")] = None,
     finetune_encoder: Annotated[bool | None, typer.Option(
-        "--finetune-encoder/--freeze-encoder", help="multilabel: train the encoder too")] = None,
+        "--finetune-encoder/--freeze-encoder",
+        help="multilabel: train the encoder with the decoder (the recipes' default) "
+             "or keep it fixed")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Any config key, e.g. --set model.hidden_size=256 (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<model>-<time>)")
