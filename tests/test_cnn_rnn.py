@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
@@ -130,9 +131,10 @@ def test_shapes_and_label_embedding():
     assert label_sets.dtype == torch.uint8 and scores.dtype == torch.float32
 
 
-@pytest.mark.parametrize("order", ["fixed", "pla"])
-def test_every_parameter_gets_a_gradient(order):
-    model = make_model(order=order).train()
+@pytest.mark.parametrize(("order", "aux_bce"), [("fixed", 0.0), ("pla", 0.0), ("fixed", 0.5)])
+def test_every_parameter_gets_a_gradient(order, aux_bce):
+    model = make_model(order=order, aux_bce=aux_bce).train()
+    assert (model.aux_head is not None) == (aux_bce > 0)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(6, 1, 28, 28, generator=gen)
     y = random_label_sets(6, 10, gen)
@@ -140,6 +142,21 @@ def test_every_parameter_gets_a_gradient(order):
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
         assert torch.isfinite(p.grad).all(), name
+
+
+def test_aux_bce_adds_the_weighted_per_label_bce_of_the_semantic_head():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 1, 28, 28, generator=gen)
+    y = random_label_sets(6, 10, gen)
+    plain, aux = make_model(seed=4), make_model(seed=4, aux_bce=0.3)
+    features = aux.encode(x)
+    logits = aux.aux_head(features)
+    by_hand = -(y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits)).mean()
+    assert torch.allclose(aux.loss(x, y), plain.loss(x, y) + 0.3 * by_hand, atol=1e-6)
+    # decoding ignores the semantic head
+    assert torch.equal(aux.predict(x, beam_width=2)[0], plain.predict(x, beam_width=2)[0])
+    with pytest.raises(ConfigError, match="aux_bce is a loss weight >= 0"):
+        make_model(aux_bce=-1.0)
 
 
 def test_frozen_encoder_gets_no_gradient_and_stays_in_eval_mode():

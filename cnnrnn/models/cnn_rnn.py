@@ -72,6 +72,7 @@ class CNNRNN(HasEncoder):
         order: Order = "fixed",
         dropout: float = 0.0,
         freeze_encoder: bool = False,
+        aux_bce: float = 0.0,
     ) -> None:
         super().__init__()
         K = num_labels
@@ -80,6 +81,8 @@ class CNNRNN(HasEncoder):
             raise ConfigError(
                 f"label_priority must list each label 0..{K - 1} exactly once, got {priority}"
             )
+        if aux_bce < 0:
+            raise ConfigError(f"aux_bce is a loss weight >= 0, got {aux_bce}")
         if order not in ("fixed", "pla"):
             raise ConfigError(f"unknown label order {order!r}; use 'fixed' or 'pla'")
         self.set_encoder(encoder, freeze_encoder)
@@ -93,6 +96,11 @@ class CNNRNN(HasEncoder):
         self.U_o_x = nn.Linear(hidden_size, embed_dim, bias=False)
         self.U_I_x = nn.Linear(encoder.num_features, embed_dim)  # its bias is eq. 4's only one
         self.dropout = nn.Dropout(dropout)
+        # Semantic regularisation (Liu et al., CVPR 2017): per-label logits from I, trained with
+        # BCE beside the sequence loss, so the encoder gets a direct signal for every label.
+        # Training only; decoding does not read them.
+        self.aux_bce = aux_bce
+        self.aux_head = nn.Linear(encoder.num_features, K) if aux_bce > 0 else None
         # label_rank[k] = position of label k in the fixed order; a buffer, so checkpoints keep it
         rank = torch.empty(K, dtype=torch.long)
         rank[torch.tensor(priority)] = torch.arange(K)
@@ -194,9 +202,14 @@ class CNNRNN(HasEncoder):
         return self.sequence_log_probs(features, inputs), targets
 
     def loss_from_features(self, features: Tensor, y: Tensor) -> Tensor:
-        """Cross-entropy of the next label, mean over all target steps (labels and END)."""
+        """Cross-entropy of the next label, mean over all target steps (labels and END), plus
+        `aux_bce` x the mean per-label BCE of the semantic head when it is on."""
         log_probs, targets = self.teacher_forcing(features, y)
-        return F.nll_loss(log_probs.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        loss = F.nll_loss(log_probs.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        if self.aux_head is not None:
+            logits = self.aux_head(self.dropout(features)).float()
+            loss = loss + self.aux_bce * F.binary_cross_entropy_with_logits(logits, y.float())
+        return loss
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """Training loss for images x (B, 1, H, W) and multi-hot label sets y (B, K)."""

@@ -31,12 +31,15 @@ class CNNRNNArgs:
     embed_dim: int = 64  # label embedding size E (>= K+1, so scores are not rank-limited)
     hidden_size: int = 256  # LSTM units
     dropout: float = 0.1
+    aux_bce: float = 0.0  # weight of a per-label BCE loss on I (semantic regularisation); 0 = paper
 
     def validate(self) -> None:
         if self.image_grid < 1:
             raise ConfigError(f"image_grid must be >= 1, got {self.image_grid}")
         if self.embed_dim < 1 or self.hidden_size < 1:
             raise ConfigError("embed_dim and hidden_size must be >= 1")
+        if self.aux_bce < 0:
+            raise ConfigError(f"aux_bce is a loss weight >= 0, got {self.aux_bce}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -62,7 +65,7 @@ def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None 
     encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
     encoder.use_pooling("max", args.image_grid, args.per_cell)
     return CNNRNN(encoder, num_classes, args.embed_dim, args.hidden_size, label_priority,
-                  order, args.dropout, freeze_encoder)  # type: ignore[arg-type]
+                  order, args.dropout, freeze_encoder, args.aux_bce)  # type: ignore[arg-type]
 
 
 def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
