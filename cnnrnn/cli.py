@@ -54,7 +54,8 @@ def train(
         help="multilabel: frequency, rare-first, random, pla")] = None,
     beam_width: Annotated[int | None, typer.Option(help="multilabel: beam width")] = None,
     encoder_checkpoint: Annotated[Path | None, typer.Option(
-        help="multilabel: a single-label vgg16 run folder to take the encoder from")] = None,
+        help="multilabel: take the encoder from this run folder (single-label vgg16, "
+             "or a multilabel run)")] = None,
     encoder_weights: Annotated[Path | None, typer.Option(
         help="multilabel: a torchvision vgg16/vgg16_bn state_dict file")] = None,
     finetune_encoder: Annotated[bool | None, typer.Option(

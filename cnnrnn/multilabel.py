@@ -116,18 +116,23 @@ def pretrained_encoder_run(cfg: TrainConfig, data_dir: str | Path | None, say: A
 
 
 def encoder_from_run(run: str | Path, cfg: TrainConfig) -> VGGEncoder:
-    """The encoder of a single-label vgg16 run, checked against the multilabel model's args."""
+    """The encoder of a single-label vgg16 run, or of a multilabel run (cnn-rnn or bce, e.g. one
+    whose encoder was fine-tuned on mosaics), checked against the multilabel model's args."""
     state = load_checkpoint(Path(run) / "best.pt")
     src = config_from_dict(state["config"])
-    if src.model != "vgg16" or src.task != "single-label":
+    if src.task == "single-label" and src.model == "vgg16":
+        width, bn = src.model_args["width"], src.model_args["batch_norm"]
+    elif src.task == "multilabel":
+        width, bn = src.model_args["encoder_width"], src.model_args["encoder_batch_norm"]
+    else:
         raise CheckpointError(f"{run} is a {src.task} {src.model!r} run; the encoder must come "
-                              "from a single-label vgg16 run")
-    width, bn = src.model_args["width"], src.model_args["batch_norm"]
+                              "from a single-label vgg16 run or a multilabel run")
     if (width, bn) != (cfg.model_args["encoder_width"], cfg.model_args["encoder_batch_norm"]):
         raise CheckpointError(f"{run} has a width-{width:g} encoder (batch_norm={bn}); set "
                               f"--set model.encoder_width={width:g} "
                               f"--set model.encoder_batch_norm={str(bn).lower()}")
-    model = get_entry("vgg16").build(make_args("vgg16", src.model_args), len(CLASSES))
+    entry = get_entry(src.model, src.task)
+    model = entry.build(make_args(src.model, src.model_args, src.task), len(CLASSES))
     load_model_state(model, state, Path(run) / "best.pt")
     return model.encoder
 

@@ -91,6 +91,22 @@ def test_finetune_changes_the_encoder(encoder_run, data_dir, tmp_path):
     assert not torch.equal(ml["encoder.features.0.weight"], enc["encoder.features.0.weight"])
 
 
+def test_encoder_from_a_fine_tuned_multilabel_run(encoder_run, data_dir, tmp_path):
+    # two stages: fine-tune the encoder with BCE, then train a CNN-RNN on it, frozen
+    bce = tmp_path / "bce"
+    train(ml_config("bce", encoder_run, **{"multilabel.finetune_encoder": True, "epochs": 1}),
+          bce, data_dir=data_dir)
+    run = tmp_path / "rnn"
+    train(ml_config("cnn-rnn", bce, **{"multilabel.finetune_encoder": False, "epochs": 1}),
+          run, data_dir=data_dir)
+    tuned = load_checkpoint(bce / "best.pt")["model"]
+    ml = load_checkpoint(run / "best.pt")["model"]
+    enc_keys = [k for k in tuned if k.startswith("encoder.")]
+    assert enc_keys and all(torch.equal(ml[k], tuned[k]) for k in enc_keys)
+    single = load_checkpoint(encoder_run / "best.pt")["model"]
+    assert not torch.equal(ml["encoder.features.0.weight"], single["encoder.features.0.weight"])
+
+
 def test_bce_threshold_is_chosen_on_validation_and_saved(encoder_run, data_dir, tmp_path):
     run = tmp_path / "bce"
     train(ml_config("bce", encoder_run), run, data_dir=data_dir)
@@ -106,7 +122,8 @@ def test_encoder_from_another_model_is_refused(data_dir, tmp_path, encoder_run):
         "epochs": 1, "limit_train": 128, "val_size": 100, "model.hidden_size": 8}), lstm,
         data_dir=data_dir)
     with pytest.raises(CheckpointError, match="is a single-label 'lstm' run; the encoder must "
-                                              "come from a single-label vgg16 run"):
+                                              "come from a single-label vgg16 run or a "
+                                              "multilabel run"):
         train(ml_config("cnn-rnn", lstm), tmp_path / "x", data_dir=data_dir)
     with pytest.raises(CheckpointError, match="has a width-0.125 encoder .*encoder_width=0.125"):
         train(ml_config("cnn-rnn", encoder_run, **{"model.encoder_width": 0.25}),
