@@ -114,6 +114,18 @@ def test_bce_threshold_is_chosen_on_validation_and_saved(encoder_run, data_dir, 
     assert 0.0 < threshold < 1.0 and threshold != 0.5
     _, _, model, _ = load_run(run)
     assert float(model.threshold) == threshold
+    # scripts/error_breakdown.py on this run: its shares add up and agree with evaluate
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    try:
+        from error_breakdown import breakdown
+    finally:
+        sys.path.pop(0)
+    from cnnrnn.data.fashion_mnist import load_fashion_mnist
+    row = breakdown(run, load_fashion_mnist(data_dir))
+    assert row["exact"] + row["wrong count"] + row["swap at right count"] == pytest.approx(1.0)
+    assert row["too few"] + row["too many"] == pytest.approx(row["wrong count"])
+    test = json.loads(cli("evaluate", run, "--json", "--data-dir", data_dir))
+    assert row["exact"] == pytest.approx(test["exact_match"])
 
 
 def test_encoder_from_another_model_is_refused(data_dir, tmp_path, encoder_run):
