@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 
+from cnnrnn.config import load_config
 from cnnrnn.errors import CheckpointError, ConfigError
 from cnnrnn.models import build_model, count_parameters, model_names
 from cnnrnn.models.registry import make_args, register
@@ -35,6 +36,17 @@ def test_shape_finite_and_every_parameter_gets_a_gradient(name):
 
 def test_seed_essay_lstm_parameter_count():
     assert count_parameters(build_model("lstm")) == 162_574  # LSTM(28 -> 186) + Linear(186 -> 10)
+
+
+# The parameter counts docs/results.md gives for each recipe (configs/single_label/<model>.toml).
+RECIPE_PARAMETERS = {"rnn": 292_402, "lstm": 325_138, "gru": 122_398, "cnn": 870_826,
+                     "vgg16": 3_686_378}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_PARAMETERS))
+def test_recipe_configs_build_the_documented_models(name):
+    cfg = load_config("single-label", name)
+    assert count_parameters(build_model(name, cfg.model_args)) == RECIPE_PARAMETERS[name]
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
