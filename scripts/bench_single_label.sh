@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the single-label models with their configs/single_label/<model>.toml recipes, then print
-# the comparison table. The numbers in docs/results.md come from this script.
+# the comparison table. docs/results.md's rnn, lstm, gru and cnn rows come from this script (its
+# vgg16 row from two one-thread runs side by side; the commands are there).
 #   usage: scripts/bench_single_label.sh [OUT_DIR] [MODEL ...]    (default: runs/bench, all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
