@@ -18,7 +18,7 @@ def test_loads_official_data(fmnist):
     assert fmnist.train_images.shape == (60000, 28, 28)
     assert fmnist.train_images.dtype == torch.uint8
     assert fmnist.test_images.shape == (10000, 28, 28)
-    # First labels and per-class counts as published in PROVENANCE.md.
+    # First labels and per-class counts as published in docs/data.md.
     assert fmnist.train_labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
     assert fmnist.test_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
     assert fmnist.train_labels.bincount().tolist() == [6000] * 10

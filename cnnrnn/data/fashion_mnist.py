@@ -24,7 +24,7 @@ CLASSES: tuple[str, ...] = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 
-# Pixel statistics of the 60,000 training images on a 0..1 scale (see PROVENANCE.md).
+# Pixel statistics of the 60,000 training images on a 0..1 scale (see docs/data.md).
 MEAN, STD = 0.2860, 0.3530
 
 

@@ -1,7 +1,7 @@
 """Multi-label metrics: the CNN-RNN paper protocol, macro-F1, mAP, exact match, Hamming loss.
 
-Definitions follow ../shared/RESEARCH.md, section 2. With TP_k, FP_k, FN_k counted per label k
-over the whole evaluation set (K labels):
+Definitions follow docs/metrics.md. With TP_k, FP_k, FN_k counted per label k over the whole
+evaluation set (K labels):
 
 - per-label precision P_k = TP_k / (TP_k + FP_k), recall R_k = TP_k / (TP_k + FN_k),
   F1_k = 2 TP_k / (2 TP_k + FP_k + FN_k).

@@ -1,8 +1,8 @@
 """Single-label metrics: accuracy, per-class accuracy, confusion matrix, mistake severity.
 
 Mistake severity follows Bertinetto et al., "Making Better Mistakes", CVPR 2020 (see
-../shared/RESEARCH.md, section 3): with a class distance d (K, K), d[i, j] the cost of
-predicting j for true class i,
+docs/metrics.md): with a class distance d (K, K), d[i, j] the cost of predicting j for true
+class i,
 - average mistake severity = mean of d[y, y_hat] over the misclassified samples only;
 - average hierarchical distance@k = mean over all samples of the mean of d[y, j] over the k
   classes j with the highest predicted probability (the correct class, if among them, counts
