@@ -7,23 +7,20 @@ epoch), the best validation metric, the metric history and the RNG state.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnrnn.errors import CheckpointError
+from cnnrnn.files import atomic_write
 
 FORMAT = "cnnrnn-checkpoint-v1"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def read_torch_file(path: Path, what: str, fix: str) -> Any:

@@ -5,7 +5,6 @@ User mistakes (CnnrnnError) print one line, `error: ...`, and exit with status 2
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -21,6 +20,8 @@ app = typer.Typer(
     help="Recurrent and convolutional networks reading Fashion-MNIST images and labels.")
 data_app = typer.Typer(no_args_is_help=True, help="Find, verify, download and draw the data.")
 app.add_typer(data_app, name="data")
+analyze_app = typer.Typer(no_args_is_help=True, help="Analyses of trained runs.")
+app.add_typer(analyze_app, name="analyze")
 
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", help="Folder with the four Fashion-MNIST files (else $CNNRNN_DATA, "
@@ -68,43 +69,53 @@ def train(
                    ] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue the run in this folder where it stopped")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Start afresh in an --out folder that already holds a run (its files are "
+             "replaced)")] = False,
     data_dir: DataDir = None,
     quiet: Annotated[bool, typer.Option(help="No progress output")] = False,
 ) -> None:
     """Train a model; writes config.toml, metrics.jsonl, last.pt, best.pt and plots."""
-    from cnnrnn.config import load_config, parse_set
+    from cnnrnn.config import key_of, load_config, parse_set
+    from cnnrnn.encoders import Interrupted, prepare
     from cnnrnn.progress import Reporter
-    from cnnrnn.train import resume_config
+    from cnnrnn.run_dir import RESUMABLE, RunDir
     from cnnrnn.train import train as run_training
 
     reporter = Reporter(enabled=not quiet)
-    overrides = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-        "schedule": schedule, "weight_decay": weight_decay, "seed": seed, "device": device,
-        "precision": precision, "limit_train": limit_train, "multilabel.prior": prior,
-        "multilabel.order": order, "multilabel.beam_width": beam_width,
-        "multilabel.encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
-        "multilabel.encoder_weights": str(encoder_weights) if encoder_weights else None,
-        "multilabel.finetune_encoder": finetune_encoder,
-        **parse_set(set_ or []),
-    }
+    flags = {name: value for name, value in locals().items() if name in CONFIG_FLAGS}
+    overrides = {key_of(name): str(v) if isinstance(v, Path) else v
+                 for name, v in flags.items() if v is not None}
+    overrides.update(parse_set(set_ or []))
     if resume is not None:
-        fixed = [k for k, v in overrides.items() if v is not None and k not in ("epochs", "device")]
-        fixed += [name for name, v in (("model", model), ("config", config), ("out", out)) if v]
+        fixed = [k for k in overrides if k not in RESUMABLE]
+        fixed += [name for name, v in (("model", model), ("config", config), ("out", out),
+                                       ("overwrite", overwrite)) if v]
         if fixed:
             raise CnnrnnError(f"--resume continues with the run's own config; drop "
-                              f"{', '.join(fixed)} (only --epochs and --device may be given)")
-        cfg = resume_config(resume, epochs)
-        if device:
-            cfg = dataclasses.replace(cfg, device=device).validate()
+                              f"{', '.join(fixed)} (only {', '.join(RESUMABLE)} may change)")
+        cfg = RunDir(resume).resume_config(**{k: overrides.get(k) for k in RESUMABLE})
         out = resume
     else:
         cfg = load_config(task, model, config, overrides)
         out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_training(cfg, out, resume=resume is not None, data_dir=data_dir,
-                           reporter=reporter)
+        RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
+        try:
+            cfg = prepare(cfg, explicit=set(overrides), data_dir=data_dir, reporter=reporter)
+        except Interrupted as e:
+            typer.echo(f"interrupted: {e}", err=True)
+            raise typer.Exit(130) from None
+    summary = run_training(cfg, out, resume=resume is not None, overwrite=overwrite,
+                           data_dir=data_dir, reporter=reporter)
     if summary["stop"] == "interrupted":
         raise typer.Exit(130)
+
+
+# `cnnrnn train`'s named flags that set a config option; each is looked up in the config schema
+# (`cnnrnn.config.key_of`), so `--beam-width` sets `multilabel.beam_width`.
+CONFIG_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "seed",
+                "device", "precision", "limit_train", "prior", "order", "beam_width",
+                "encoder_checkpoint", "encoder_weights", "finetune_encoder")
 
 
 @app.command()
@@ -124,9 +135,8 @@ def evaluate(
     """Metrics of a trained run on the test (or validation) split."""
     from cnnrnn.evaluate import evaluate_run
 
-    if checkpoint not in ("best", "last"):
-        raise CnnrnnError(f"unknown checkpoint {checkpoint!r}; choose best or last")
-    result = evaluate_run(run, split, data_dir, checkpoint, device, beam_width, tta)
+    result = evaluate_run(run, split, data_dir, checkpoint, device,
+                          {"beam_width": beam_width, "tta_flip": tta})
     if as_json:
         _echo_json(result)
         return
@@ -163,12 +173,13 @@ def compare(
 ) -> None:
     """The comparison table (Markdown) of several runs, and one plot of their curves."""
     from cnnrnn.evaluate import compare_runs, markdown_table
-    from cnnrnn.plots import plot_compare, read_history
+    from cnnrnn.plots import plot_compare
+    from cnnrnn.run_dir import RunDir
 
     rows = compare_runs(runs, data_dir)
     typer.echo(markdown_table(rows), nl=False)
     metric = rows[0]["metric"]
-    plot_compare({Path(r).name: read_history(r) for r in runs}, plot, metric)
+    plot_compare({Path(r).name: RunDir(r).read_history() for r in runs}, plot, metric)
     typer.echo(f"wrote {plot}", err=True)
 
 
@@ -232,6 +243,25 @@ def data_mosaics(
 
     write_mosaics(out, split, n, prior, seed, data_dir)
     typer.echo(f"wrote {n} {split} mosaics ({prior}) to {out}")
+
+
+@analyze_app.command("errors")
+def analyze_errors(
+    runs: Annotated[list[Path], typer.Argument(help="Multilabel run folders")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Where multilabel runs go wrong on their test mosaics: exact match by label count and
+    set commonness, wrong counts against swaps (one Markdown table)."""
+    from cnnrnn.analysis.errors import breakdown, markdown_table
+    from cnnrnn.data.fashion_mnist import load_fashion_mnist
+
+    fmnist = load_fashion_mnist(data_dir)
+    rows = [breakdown(run, fmnist) for run in runs]
+    if as_json:
+        _echo_json(rows)
+    else:
+        typer.echo(markdown_table(rows), nl=False)
 
 
 def main() -> None:

@@ -1,15 +1,19 @@
 """Experiment configs: frozen dataclasses, loaded from TOML, overridden by CLI flags, validated.
 
 A config file has top-level training options, a `[model]` table (its `name` plus the model's own
-options, checked against the model's argument dataclass) and, for the multilabel task, a
-`[multilabel]` table. Every unknown key is an error that names it. The resolved config is written
+options, checked against the model's argument dataclass and kept as that typed dataclass) and
+the table of its task's own options: `[single_label]` or `[multilabel]`. Every unknown key is an
+error that names it; a table of the other task is an error too. The resolved config is written
 to the run folder as `config.toml` before training starts.
+
+Recipes (`configs/<task>/<model>.toml`) ship inside the package; a model without a recipe is an
+error, never a silent fall-back to the dataclass defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,21 +23,51 @@ from typing import Any
 import tomli_w
 
 from cnnrnn.errors import ConfigError
+from cnnrnn.files import atomic_write, recipe_root
+from cnnrnn.models.registry import make_args
+from cnnrnn.schema import check_fields, unknown_key
 
-TASKS = ("single-label", "multilabel")
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 CHOICES = {
-    "task": TASKS,
     "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
     "schedule": ("constant", "cosine", "step"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("fp32", "bf16", "fp16"),
-    "order": ("frequency", "rare-first", "random", "pla"),
 }
+ORDERS = ("frequency", "rare-first", "random", "pla")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(choices)}")
+
+
+def _check_min(values: Mapping[str, float], low: float) -> None:
+    for key, value in values.items():
+        if not value >= low:  # also refuses NaN
+            raise ConfigError(f"{key} must be >= {low:g}, got {value}")
+
+
+@dataclass(frozen=True)
+class SingleLabelConfig:
+    """`[single_label]`: options only the single-label task reads."""
+
+    augment: bool = False  # random horizontal flips and 2-pixel shifts
+    random_erasing: float = 0.0  # chance per image of one random-noise rectangle
+    label_smoothing: float = 0.0  # of the cross-entropy targets
+    tta_flip: bool = False  # evaluation: average the logits of x and its mirror
+
+    def validate(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ConfigError(
+                f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
 
 
 @dataclass(frozen=True)
 class MultilabelConfig:
+    """`[multilabel]`: options only the multilabel task reads."""
+
     prior: str = "outfits"  # a configs/mosaics/<name>.toml or a path to such a file
     train_mosaics: int = 40000  # fresh mosaics drawn per epoch (--limit-train overrides)
     val_mosaics: int = 5000  # fixed, from validation items
@@ -46,12 +80,30 @@ class MultilabelConfig:
     encoder_epochs: int = 6  # epochs of the automatic single-label pretraining
     encoder_limit_train: int = 0  # images for that pretraining; 0 = all
 
+    def validate(self) -> None:
+        _check_choice("multilabel.order", self.order, ORDERS)
+        _check_min({"multilabel.beam_width": self.beam_width,
+                    "multilabel.train_mosaics": self.train_mosaics,
+                    "multilabel.val_mosaics": self.val_mosaics,
+                    "multilabel.test_mosaics": self.test_mosaics,
+                    "multilabel.encoder_epochs": self.encoder_epochs}, 1)
+        _check_min({"multilabel.encoder_limit_train": self.encoder_limit_train}, 0)
+
+
+# The table of each task's own options: the task's name -> (table name, dataclass).
+TASK_TABLES: dict[str, tuple[str, type]] = {
+    "single-label": ("single_label", SingleLabelConfig),
+    "multilabel": ("multilabel", MultilabelConfig),
+}
+TASKS = tuple(TASK_TABLES)
+DEFAULT_MODELS = {"single-label": "lstm", "multilabel": "cnn-rnn"}  # when --model is not given
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     task: str = "single-label"
     model: str = "lstm"
-    model_args: Mapping[str, Any] = field(default_factory=dict)  # resolved [model] options
+    model_args: Any = None  # the model's argument dataclass (models/registry.py), typed
     epochs: int = 10
     batch_size: int = 128
     eval_batch_size: int = 1000
@@ -62,10 +114,6 @@ class TrainConfig:
     schedule: str = "cosine"  # a pure function of the step, see train.lr_at
     warmup_epochs: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    label_smoothing: float = 0.0
-    augment: bool = False  # random horizontal flips and 2-pixel shifts
-    random_erasing: float = 0.0  # single-label: chance per image of one random-noise rectangle
-    tta_flip: bool = False  # single-label evaluation: average the logits of x and its mirror
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # bf16 autocast is ~4.5x faster on CPUs with AVX512-BF16
@@ -73,69 +121,55 @@ class TrainConfig:
     limit_train: int = 0  # train on the first N training images / N mosaics per epoch; 0 = all
     threads: int = 0  # torch CPU threads; 0 = torch's default
     channels_last: bool = True  # NHWC memory layout: ~20 % faster convolutions on CPU
+    single_label: SingleLabelConfig = field(default_factory=SingleLabelConfig)
     multilabel: MultilabelConfig = field(default_factory=MultilabelConfig)
 
     def validate(self) -> TrainConfig:
+        _check_choice("task", self.task, TASKS)
         for key, choices in CHOICES.items():
-            value = getattr(self.multilabel if key == "order" else self, key)
-            if value not in choices:
-                raise ConfigError(f"{key} = {value!r} is not one of {', '.join(choices)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
-                    "eval_batch_size": self.eval_batch_size,
-                    "multilabel.beam_width": self.multilabel.beam_width}
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be >= 1, got {value}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.limit_train < 0 or self.val_size < 0:
-            raise ConfigError("limit_train and val_size must be >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.random_erasing <= 1:
-            raise ConfigError(
-                f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
-        if self.random_erasing and self.task != "single-label":
-            raise ConfigError("random_erasing applies to single-label training only; "
-                              "remove it from the multilabel config")
+            _check_choice(key, getattr(self, key), choices)
+        _check_min({"epochs": self.epochs, "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size, "val_size": self.val_size}, 1)
+        _check_min({"limit_train": self.limit_train, "threads": self.threads,
+                    "weight_decay": self.weight_decay, "momentum": self.momentum,
+                    "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip,
+                    "seed": self.seed}, 0)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.seed >= 2**63:
+            raise ConfigError(f"seed must be below 2**63, got {self.seed}")
+        self.task_options.validate()
         return self
+
+    @property
+    def task_options(self) -> Any:
+        """The table of this config's task: `single_label` or `multilabel`."""
+        return getattr(self, TASK_TABLES[self.task][0])
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["model"] = {"name": d.pop("model"), **dict(d.pop("model_args"))}
-        if self.task != "multilabel":
-            del d["multilabel"]  # unused: keep config.toml to what the run reads
+        d["model"] = {"name": d.pop("model"), **d.pop("model_args")}
+        for task, (table, _) in TASK_TABLES.items():
+            if task != self.task:
+                del d[table]  # the other task's options: keep config.toml to what the run reads
         return d
 
 
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
+_TOP_SKIP = ("model_args", *(table for table, _ in TASK_TABLES.values()))
 
 
-def _unknown(key: str, known: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown key {key!r} in {where}{hint}; known keys: {', '.join(known)}")
-
-
-def _coerce(cls: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Check names and types of `values` against the dataclass `cls`."""
-    fields = {k: f for k, f in _fields(cls).items() if k != "model_args"}
-    out = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise _unknown(key, sorted(fields), where)
-        default = fields[key].default
-        if default is dataclasses.MISSING or isinstance(value, Mapping):
-            out[key] = value
-            continue
-        kind = type(default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
-        out[key] = value
-    return out
+def key_of(name: str) -> str:
+    """The dotted config key of a CLI flag's name: a top-level option, else the one task option
+    of that name (`beam_width` -> `multilabel.beam_width`). The CLI's flags are read this way,
+    so the schema here is the only list of them."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(_TOP_SKIP)
+    if name in names:
+        return name
+    found = [f"{table}.{name}" for table, cls in TASK_TABLES.values()
+             if name in {f.name for f in dataclasses.fields(cls)}]
+    if len(found) != 1:
+        raise ConfigError(f"no single config key is named {name!r} (found {found or 'none'})")
+    return found[0]
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -146,6 +180,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
 
 
 def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,33 +199,58 @@ def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def default_config_path(task: str, model: str) -> Path:
-    return CONFIG_ROOT / task.replace("-", "_") / f"{model}.toml"
+def recipe_path(task: str, model: str) -> Path:
+    """The shipped recipe of `model` for `task`: configs/<task>/<model>.toml."""
+    return recipe_root() / task.replace("-", "_") / f"{model}.toml"
+
+
+def default_model(task: str) -> str:
+    return DEFAULT_MODELS[task]
+
+
+def _hint_for(key: str) -> str:
+    """Where a top-level key that belongs to a task table lives."""
+    for table, cls in TASK_TABLES.values():
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            return f" (it lives in [{table}]: {table}.{key})"
+    return ""
 
 
 def build_config(raw: Mapping[str, Any], where: str = "config") -> TrainConfig:
     """A validated TrainConfig from a parsed TOML dict (with overrides already merged)."""
-    from cnnrnn.models.registry import make_args
-
     raw = dict(raw)
-    model_table = dict(raw.pop("model", {}) or {})
+    model_table = raw.pop("model", {}) or {}
     if not isinstance(model_table, dict):
         raise ConfigError(f"{where}: [model] must be a table with a name")
-    ml = raw.pop("multilabel", {}) or {}
-    top = _coerce(TrainConfig, raw, where)
+    model_table = dict(model_table)
+    tables = {table: raw.pop(table, None) for table, _ in TASK_TABLES.values()}
+    known = sorted(f.name for f in dataclasses.fields(TrainConfig) if f.name not in _TOP_SKIP)
+    for key in raw:
+        if key not in known:
+            raise unknown_key(key, known, where, _hint_for(key))
+    top = check_fields(TrainConfig, raw, where, skip=_TOP_SKIP)
     task = top.get("task", TrainConfig.task)
-    if task not in TASKS:
-        raise ConfigError(f"task = {task!r} is not one of {', '.join(TASKS)}")
-    name = model_table.pop("name", None) or ("cnn-rnn" if task == "multilabel" else "lstm")
+    _check_choice("task", task, TASKS)
+    options = {}
+    for other, (table, cls) in TASK_TABLES.items():
+        values = tables[table]
+        if other != task:
+            if values:
+                given = ", ".join(f"{table}.{k}" for k in values)
+                raise ConfigError(f"{where}: [{table}] options apply to --task {other}, not to "
+                                  f"this {task} run; remove {given}")
+            continue
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{where}: {table} must be a table")
+        options[table] = cls(**check_fields(cls, values or {}, f"{where} [{table}]"))
+    name = model_table.pop("name", None) or default_model(task)
     args = make_args(name, model_table, task)
-    return TrainConfig(**top, model=name, model_args=dataclasses.asdict(args),
-                       multilabel=MultilabelConfig(**_coerce(MultilabelConfig, ml,
-                                                             f"{where} [multilabel]"))).validate()
+    return TrainConfig(**top, model=name, model_args=args, **options).validate()
 
 
 def load_config(task: str, model: str | None = None, config_file: str | Path | None = None,
                 overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Resolve a config: the file (or the task/model default file), then the overrides."""
+    """Resolve a config: the file (or the task/model recipe), then the overrides."""
     overrides = dict(overrides or {})
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -197,10 +258,14 @@ def load_config(task: str, model: str | None = None, config_file: str | Path | N
         raw = read_toml(config_file)
         where = str(config_file)
     else:
-        name = model or ("cnn-rnn" if task == "multilabel" else "lstm")
-        path = default_config_path(task, name)
-        raw = read_toml(path) if path.is_file() else {"model": {"name": name}}
-        where = str(path) if path.is_file() else "config"
+        name = model or default_model(task)
+        make_args(name, {}, task)  # an unknown model name is named as such, with the known ones
+        path = recipe_path(task, name)
+        if not path.is_file():
+            raise ConfigError(f"no recipe for model {name!r} ({path} is missing); reinstall "
+                              "cnnrnn or pass --config FILE")
+        raw = read_toml(path)
+        where = f"configs/{path.parent.name}/{path.name}"
     raw = merge(raw, {"task": task})
     if model:
         if (raw.get("model") or {}).get("name", model) != model:
@@ -212,12 +277,26 @@ def load_config(task: str, model: str | None = None, config_file: str | Path | N
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(tomli_w.dumps(cfg.to_dict()))
+    atomic_write(path, tomli_w.dumps(cfg.to_dict()))
+
+
+# Options that lived at the top level before they moved into [single_label].
+_MOVED_TO_SINGLE_LABEL = ("augment", "random_erasing", "label_smoothing", "tta_flip")
+
+
+def upgrade_saved(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config of an older cnnrnn (checkpoint or config.toml) in today's layout."""
+    d = dict(d)
+    moved = {k: d.pop(k) for k in _MOVED_TO_SINGLE_LABEL if k in d}
+    table, cls = TASK_TABLES.get(d.get("task", TrainConfig.task), (None, None))
+    if moved and cls is SingleLabelConfig:
+        d[table] = {**moved, **(d.get(table) or {})}
+    return d  # a multilabel run never read them: they are dropped
 
 
 def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
     """Inverse of `TrainConfig.to_dict` (used for checkpoints and saved config.toml)."""
-    return build_config(d, "saved config")
+    return build_config(upgrade_saved(d), "saved config")
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Figures drawn from saved runs (metrics.jsonl, val_metrics.json), never inside the hot loop."""
+"""Figures drawn from saved runs' numbers (history rows, metrics), never inside the hot loop.
+
+Which figures a run gets is its task's choice (`Task.plot_run`); these functions only draw.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnnrnn.metrics.single_label import normalized_confusion  # noqa: E402
-
-
-def read_history(run: str | Path) -> list[dict[str, Any]]:
-    path = Path(run) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_learning_curve(rows: list[dict[str, Any]], out: str | Path, metric: str) -> None:
@@ -88,18 +85,3 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], out: str | Path,
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
-
-
-def plot_run(run: str | Path) -> None:
-    """learning_curve.png and, for single-label runs, confusion_matrix.png of a finished run."""
-    run = Path(run)
-    rows = read_history(run)
-    metric = "accuracy" if rows and "val_accuracy" in rows[0] else "O-F1"
-    plot_learning_curve(rows, run / "learning_curve.png", metric)
-    val_path = run / "val_metrics.json"
-    if val_path.is_file():
-        val = json.loads(val_path.read_text())
-        if "confusion_matrix" in val:
-            plot_confusion_matrix(np.array(val["confusion_matrix"]), val["classes"],
-                                  run / "confusion_matrix.png",
-                                  "validation confusion matrix (rows: true, normalised)")

@@ -20,7 +20,8 @@ class Reporter:
         self._bar: Any = None
 
     def start(self, cfg: Any, n_params: int, n_trainable: int, device: torch.device,
-              steps_per_epoch: int, resumed_at: tuple[int, int] | None) -> None:
+              steps_per_epoch: int, resumed_at: tuple[int, int] | None,
+              metric_label: str = "val") -> None:
         if not self.enabled:
             return
         c = self.console
@@ -29,7 +30,7 @@ class Reporter:
                 f"{steps_per_epoch} steps per epoch of batch {cfg.batch_size}")
         if resumed_at:
             c.print(f"resuming at epoch {resumed_at[0] + 1}, step {resumed_at[1]} of the epoch")
-        c.print(f"{'epoch':>5} {'iteration':>9} {'loss':>8} {'val':>8} {'ms/step':>8}")
+        c.print(f"{'epoch':>5} {'iteration':>9} {'loss':>8} {metric_label:>8} {'ms/step':>8}")
 
     def epoch_start(self, epoch: int, steps: int, start: int) -> None:
         if not self.enabled:

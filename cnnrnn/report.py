@@ -11,31 +11,28 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnrnn.data.fashion_mnist import CLASSES, load_fashion_mnist
+from cnnrnn.run_dir import RunDir
+from cnnrnn.tasks import get_task
 
 
 def print_evaluation(result: dict[str, Any], run: Path) -> None:
+    """The metrics of `cnnrnn evaluate` as tables, and the figures of the run's task."""
+    task = get_task(result["task"])
     console = Console()
     console.print(f"{result['model']} on {result['split']} ({result['n']:,} images, "
                   f"{result['checkpoint']} checkpoint from epoch {result['epoch']})")
-    if result["task"] == "single-label":
-        console.print(f"accuracy {100 * result['accuracy']:.2f} %")
-        table = Table("class", "accuracy")
-        for name, acc in zip(CLASSES, result["per_class_accuracy"], strict=True):
-            table.add_row(name, "-" if acc is None else f"{100 * acc:.1f} %")
-        console.print(table)
-        from cnnrnn.plots import plot_confusion_matrix
-
-        png = Path(run) / f"confusion_matrix_{result['split']}.png"
-        plot_confusion_matrix(np.array(result["confusion_matrix"]), CLASSES, png,
-                              f"{result['split']} confusion matrix (rows: true, normalised)")
-        console.print(f"confusion matrix: {png}")
-    else:
-        table = Table("metric", "value")
-        for key in ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "macro-F1", "mAP",
-                    "exact_match", "hamming_loss"):
-            value = result.get(key)
-            table.add_row(key, "-" if value is None else f"{value:.4f}")
-        console.print(table)
+    table = Table("metric", "value")
+    for key in task.summary_keys:
+        table.add_row(key, task.format_value(key, result.get(key)))
+    console.print(table)
+    rows = task.per_class_rows(result)
+    if rows:
+        per_class = Table("class", task.primary)
+        for name, value in rows:
+            per_class.add_row(name, value)
+        console.print(per_class)
+    for path in task.plot_evaluation(result, RunDir(run)):
+        console.print(f"figure: {path}")
 
 
 def show_samples(out: Path, n: int, seed: int, data_dir: Path | None) -> None:

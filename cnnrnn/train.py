@@ -1,39 +1,43 @@
 """The training loop: explicit, resumable, interruptible.
 
-Run folder: config.toml (written before training starts), metrics.jsonl (one row per epoch),
-last.pt (every epoch and on Ctrl-C), best.pt (best validation metric), learning_curve.png and
-confusion_matrix.png / metric plots (drawn from the saved run at the end).
+`train(cfg, out)` sets a run up (`_setup`), then runs `train_one_epoch` and `validate` until
+the last epoch, saving last.pt and best.pt after each epoch (`_end_epoch`), and finally
+evaluates the best checkpoint on validation and draws the run's figures (`_finish`). The run
+folder's files and the resume policy belong to `cnnrnn.run_dir.RunDir`; everything that
+differs between tasks belongs to the task (`cnnrnn.tasks`). A training step calls the model
+only as `model(...)`, so a wrapped model (DistributedDataParallel, torch.compile) trains the
+same way.
 
 Repeatability: the data order and augmentation are pure functions of (seed, epoch, batch), the
 global RNG (dropout) is reseeded from (seed, epoch) at each epoch start and saved on interrupt,
-and the learning rate is a pure function of the step. On a CPU, a seeded run repeats bit for bit,
-and so does a run resumed from any checkpoint. On GPUs, cuDNN's nondeterministic kernels (and
-bf16/fp16 reductions) can make runs differ in the last bits.
+and the learning rate is a pure function of the step. On a CPU, a seeded run repeats bit for bit
+at a fixed thread count, and so does a run resumed from any checkpoint. On GPUs, cuDNN's
+nondeterministic kernels (and bf16/fp16 reductions) can make runs differ in the last bits.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cnnrnn.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from cnnrnn.config import TrainConfig, config_from_dict, save_config
+from cnnrnn.checkpoint import load_model_state
+from cnnrnn.config import TrainConfig
 from cnnrnn.data.fashion_mnist import load_fashion_mnist
 from cnnrnn.data.loader import mix_seed
-from cnnrnn.errors import CheckpointError, CnnrnnError
+from cnnrnn.errors import CnnrnnError
 from cnnrnn.models.registry import count_parameters
 from cnnrnn.precision import autocast, resolve_device
 from cnnrnn.progress import Reporter
+from cnnrnn.run_dir import LAST, VAL_METRICS, RunDir
 from cnnrnn.tasks import Task, TaskData, get_task, run_predict
 
 
@@ -73,9 +77,49 @@ class RunState:
     step_in_epoch: int = 0
     best_metric: float = -math.inf
     best_epoch: int = -1
-    history: list[dict[str, Any]] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
     rng: torch.Tensor | None = None  # global RNG state when stopped mid-epoch
     partial: dict[str, Any] | None = None  # running sums of the epoch stopped in the middle
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> RunState:
+        return cls(state["epoch"], state["step"], state["step_in_epoch"], state["best_metric"],
+                   state["best_epoch"], list(state["history"]), state["rng"],
+                   state.get("partial"))
+
+
+@dataclass
+class Session:
+    """Everything a run trains with, set up once by `_setup`."""
+
+    cfg: TrainConfig
+    task: Task
+    run: RunDir
+    data: TaskData
+    model: nn.Module
+    criterion: nn.Module
+    opt: torch.optim.Optimizer
+    trainable: list[nn.Parameter]
+    device: torch.device
+    extra: dict[str, Any]  # task information stored in every checkpoint
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+    def autocast(self) -> Any:
+        return autocast(self.device, self.cfg.precision)
+
+    def checkpoint(self, st: RunState) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "config": self.cfg.to_dict(), "epoch": st.epoch, "step": st.step,
+                "step_in_epoch": st.step_in_epoch, "best_metric": st.best_metric,
+                "best_epoch": st.best_epoch, "history": st.history, "rng": st.rng,
+                "partial": st.partial, "extra": self.extra}
 
 
 class _StopFlag:
@@ -101,176 +145,172 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
-              device: torch.device, autocast_ctx: Any) -> dict[str, Any]:
+def training_step(task: Task, model: nn.Module, criterion: nn.Module, x: torch.Tensor,
+                  y: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """The loss of one batch (and its correct predictions, where the task counts them).
+
+    The model is called as `model(...)` and nothing else, so it may be wrapped."""
+    outputs = model(*task.model_inputs(x, y))
+    return criterion(outputs, y), task.count_correct(outputs, y)
+
+
+def validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
+             device: torch.device, autocast_ctx: Callable[[], Any] | None = None
+             ) -> dict[str, Any]:
+    """Metrics on the validation split, after the task's calibration (the BCE threshold)."""
     outputs = run_predict(task, model, data.val_images, cfg, device, autocast_ctx)
-    if task.calibrate is not None:
-        outputs = task.calibrate(model, outputs, data.val_targets)
+    outputs = task.calibrate(model, outputs, data.val_targets, cfg)
     return task.metrics(outputs, data.val_targets, cfg)
 
 
-def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
-    tmp = out / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    os.replace(tmp, out / "metrics.jsonl")
-
-
-def _checkpoint(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, st: RunState,
-                extra: dict[str, Any]) -> dict[str, Any]:
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": cfg.to_dict(),
-            "epoch": st.epoch, "step": st.step, "step_in_epoch": st.step_in_epoch,
-            "best_metric": st.best_metric, "best_epoch": st.best_epoch,
-            "history": st.history or [], "rng": st.rng, "partial": st.partial, "extra": extra}
-
-
-def resume_config(run_dir: str | Path, epochs: int | None = None) -> TrainConfig:
-    """The config a run was started with (from last.pt), optionally with more epochs."""
-    state = load_checkpoint(Path(run_dir) / "last.pt")
-    cfg = config_from_dict(state["config"])
-    if epochs is not None:
-        cfg = config_from_dict({**cfg.to_dict(), "epochs": epochs})
-    return cfg
-
-
-def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False,
-          data_dir: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train `cfg` into the run folder `out`; with `resume`, continue from `out/last.pt`.
-
-    Returns a summary: best validation metric and epoch, parameter count, steps, stop reason.
-    """
-    out = Path(out)
-    reporter = reporter or Reporter(enabled=False)
+def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
+           data_dir: str | Path | None) -> tuple[Session, RunState]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     task = get_task(cfg.task)
-
-    state = None
-    if resume:
-        state = load_checkpoint(out / "last.pt")
-        saved = config_from_dict(state["config"])
-        free = {"epochs": 0, "device": "", "threads": 0}  # may change on resume
-        if {**saved.to_dict(), **free} != {**cfg.to_dict(), **free}:
-            raise CheckpointError(f"{out}/last.pt was trained with another config; resume with "
-                                  "the same options (only --epochs and --device may change)")
-    elif (out / "last.pt").exists():
-        raise CnnrnnError(f"{out} already holds a run; continue it with --resume {out} or "
-                          "choose another --out")
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.toml")  # before training starts
-    fmnist = load_fashion_mnist(data_dir)
-    data = task.prepare(cfg, fmnist)
+    state = run.check_resumable(cfg) if resume else None
+    if not resume:
+        run.start(overwrite)
+    run.write_config(cfg)  # before training starts
+    data = task.prepare(cfg, load_fashion_mnist(data_dir))
     torch.manual_seed(cfg.seed)  # weight initialisation
-    model = task.build(cfg, data, data_dir=data_dir, say=reporter.say).to(device)
+    # resuming: a bare model, since last.pt brings every weight (and the encoder run it was
+    # built from may be gone)
+    model = task.build(cfg, None if resume else data).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(cfg, trainable)
-
-    st = RunState(history=[])
+    st = RunState()
     if state is not None:
-        load_model_state(model, state, out / "last.pt")
+        load_model_state(model, state, run / LAST)
         opt.load_state_dict(state["optimizer"])
-        st = RunState(state["epoch"], state["step"], state["step_in_epoch"], state["best_metric"],
-                      state["best_epoch"], list(state["history"]), state["rng"],
-                      state.get("partial"))
-        _write_history(out, st.history)
-    extra = dict(data.info)
+        st = RunState.from_checkpoint(state)
+        run.write_history(st.history)
+    session = Session(cfg, task, run, data, model, task.criterion(cfg), opt, trainable, device,
+                      dict(data.info))
+    return session, st
 
-    steps_per_epoch = len(data.train)
-    total_steps = steps_per_epoch * cfg.epochs
-    n_params = count_parameters(model)
-    reporter.start(cfg, n_params, count_parameters(model, trainable_only=True), device,
-                   steps_per_epoch, resumed_at=(st.epoch, st.step_in_epoch) if resume else None)
-    autocast_ctx = lambda: autocast(device, cfg.precision)  # noqa: E731
+
+def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporter
+                    ) -> dict[str, Any] | None:
+    """Train epoch `st.epoch` from step `st.step_in_epoch`; the epoch's running sums, or None
+    if Ctrl-C stopped it in the middle (last.pt then holds the exact position)."""
+    cfg, model, epoch = s.cfg, s.model, st.epoch
+    if st.step_in_epoch and st.rng is not None:
+        torch.set_rng_state(st.rng)
+    else:
+        torch.manual_seed(mix_seed(cfg.seed, epoch))
+    model.train()
+    sums: dict[str, Any] = {"loss_sum": 0.0, "correct": 0, "seen": 0, "step_times": [],
+                            "counted": False}
+    if st.partial:  # resuming in the middle of this epoch: its running sums
+        sums.update({k: st.partial[k] for k in ("loss_sum", "correct", "seen")})
+        sums["step_times"] = list(st.partial["step_times"])
+    reporter.epoch_start(epoch, s.steps_per_epoch, st.step_in_epoch)
+    t_step = time.perf_counter()
+    for x, y in s.data.train.epoch(epoch, st.step_in_epoch):
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        if cfg.channels_last:  # with one channel this changes strides, not data
+            x = x.contiguous(memory_format=torch.channels_last)
+        for group in s.opt.param_groups:
+            group["lr"] = lr_at(st.step, s.total_steps, s.steps_per_epoch, cfg)
+        with s.autocast():
+            loss, n_correct = training_step(s.task, model, s.criterion, x, y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {st.step + 1}; the last "
+                f"good checkpoint {s.run / LAST} is kept; lower --lr or set grad_clip")
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(s.trainable, cfg.grad_clip)
+        s.opt.step()
+        st.step += 1
+        st.step_in_epoch += 1
+        sums["loss_sum"] += loss.item() * len(y)
+        sums["correct"] += n_correct or 0
+        sums["counted"] = n_correct is not None
+        sums["seen"] += len(y)
+        now = time.perf_counter()
+        sums["step_times"].append(now - t_step)
+        t_step = now
+        reporter.step(loss.item(), sums["correct"] / sums["seen"] if sums["counted"] else None)
+        if stop.requested and st.step_in_epoch < s.steps_per_epoch:
+            st.rng = torch.get_rng_state()
+            st.partial = {k: sums[k] for k in ("loss_sum", "correct", "seen", "step_times")}
+            s.run.save(s.checkpoint(st), "last")
+            return None
+    return sums
+
+
+def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporter) -> None:
+    """Validate, append the epoch's row, save last.pt (and best.pt if it improved)."""
+    epoch = st.epoch
+    val = validate(s.task, s.model, s.data, s.cfg, s.device, s.autocast)
+    seen = sums["seen"]
+    row = {"epoch": epoch + 1, "step": st.step, "train_loss": sums["loss_sum"] / seen,
+           "train_accuracy": sums["correct"] / seen if sums["counted"] else None,
+           "val_loss": val.get("loss"),
+           **{f"val_{k}": v for k, v in val.items() if isinstance(v, float | int)
+              and k != "loss"},
+           # the median is robust to the slow first steps (allocator, oneDNN warm-up)
+           "ms_per_step": 1000 * statistics.median(sums["step_times"]),
+           "train_seconds": sum(sums["step_times"]),
+           "lr": lr_at(st.step - 1, s.total_steps, s.steps_per_epoch, s.cfg)}
+    st.history.append(row)
+    st.epoch, st.step_in_epoch, st.rng, st.partial = epoch + 1, 0, None, None
+    improved = val[s.task.primary] > st.best_metric
+    if improved:
+        st.best_metric, st.best_epoch = val[s.task.primary], epoch + 1
+    ckpt = s.checkpoint(st)
+    s.run.save(ckpt, "last")
+    if improved:
+        s.run.save(ckpt, "best")
+    s.run.write_history(st.history)
+    reporter.epoch_end(row, s.task.primary, improved)
+
+
+def _finish(s: Session) -> None:
+    """Validation metrics of the best checkpoint, and the run's figures."""
+    best = s.run.load("best")
+    load_model_state(s.model, best, s.run.checkpoint_path("best"))
+    val = validate(s.task, s.model, s.data, s.cfg, s.device, s.autocast)
+    s.run.write_json(VAL_METRICS, val)
+    s.task.plot_run(s.run, s.run.read_history(), val)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+          data_dir: str | Path | None = None, reporter: Reporter | None = None
+          ) -> dict[str, Any]:
+    """Train `cfg` into the run folder `out`; with `resume`, continue from `out/last.pt`.
+
+    A multilabel config must name its encoder (`cnnrnn.encoders.prepare` finds or pretrains
+    one). Returns a summary: best validation metric and epoch, parameter count, steps, stop
+    reason.
+    """
+    run = RunDir(out)
+    reporter = reporter or Reporter(enabled=False)
+    s, st = _setup(cfg, run, resume, overwrite, data_dir)
+    n_params = count_parameters(s.model)
+    reporter.start(cfg, n_params, count_parameters(s.model, trainable_only=True), s.device,
+                   s.steps_per_epoch, resumed_at=(st.epoch, st.step_in_epoch) if resume else None,
+                   metric_label=s.task.metric_label)
     stop_reason = "finished"
-
     with _StopFlag() as stop:
         while st.epoch < cfg.epochs:
-            epoch = st.epoch
-            if st.step_in_epoch and st.rng is not None:
-                torch.set_rng_state(st.rng)
-            else:
-                torch.manual_seed(mix_seed(cfg.seed, epoch))
-            model.train()
-            loss_sum, correct, seen, step_times = 0.0, 0, 0, []
-            if st.partial:  # resuming in the middle of this epoch: its running sums
-                loss_sum, correct, seen = (st.partial[k] for k in ("loss_sum", "correct", "seen"))
-                step_times = list(st.partial["step_times"])
-            reporter.epoch_start(epoch, steps_per_epoch, st.step_in_epoch)
-            t_step = time.perf_counter()
-            for x, y in data.train.epoch(epoch, st.step_in_epoch):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if cfg.channels_last:  # with one channel this changes strides, not data
-                    x = x.contiguous(memory_format=torch.channels_last)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(st.step, total_steps, steps_per_epoch, cfg)
-                with autocast_ctx():
-                    loss, n_correct = task.loss(model, x, y, cfg)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {st.step + 1}; "
-                        f"the last good checkpoint {out / 'last.pt'} is kept; lower --lr or set "
-                        "grad_clip")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
-                st.step += 1
-                st.step_in_epoch += 1
-                loss_sum += loss.item() * len(y)
-                correct += n_correct or 0
-                seen += len(y)
-                now = time.perf_counter()
-                step_times.append(now - t_step)
-                t_step = now
-                reporter.step(loss.item(), None if n_correct is None else correct / seen)
-                if stop.requested and st.step_in_epoch < steps_per_epoch:
-                    st.rng = torch.get_rng_state()
-                    st.partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen,
-                                  "step_times": step_times}
-                    save_checkpoint(_checkpoint(model, opt, cfg, st, extra), out / "last.pt")
-                    stop_reason = "interrupted"
-                    break
-            if stop_reason == "interrupted":
+            sums = train_one_epoch(s, st, stop, reporter)
+            if sums is None:
+                stop_reason = "interrupted"
                 break
-
-            val = _validate(task, model, data, cfg, device, autocast_ctx)
-            row = {"epoch": epoch + 1, "step": st.step, "train_loss": loss_sum / seen,
-                   "train_accuracy": None if n_correct is None else correct / seen,
-                   "val_loss": val.get("loss"),
-                   **{f"val_{k}": v for k, v in val.items() if isinstance(v, float | int)
-                      and k != "loss"},
-                   # the median is robust to the slow first steps (allocator, oneDNN warm-up)
-                   "ms_per_step": 1000 * statistics.median(step_times),
-                   "train_seconds": sum(step_times),
-                   "lr": lr_at(st.step - 1, total_steps, steps_per_epoch, cfg)}
-            st.history.append(row)
-            st.epoch, st.step_in_epoch, st.rng, st.partial = epoch + 1, 0, None, None
-            improved = val[task.primary] > st.best_metric
-            if improved:
-                st.best_metric, st.best_epoch = val[task.primary], epoch + 1
-            ckpt = _checkpoint(model, opt, cfg, st, extra)
-            save_checkpoint(ckpt, out / "last.pt")
-            if improved:
-                save_checkpoint(ckpt, out / "best.pt")
-            _write_history(out, st.history)
-            reporter.epoch_end(row, task.primary, improved)
+            _end_epoch(s, st, sums, reporter)
             if stop.requested:
                 stop_reason = "interrupted"
                 break
-
-    reporter.finish(stop_reason, out)
+    reporter.finish(stop_reason, run.path)
     if stop_reason == "finished":
-        from cnnrnn.plots import plot_run
-
-        best = load_checkpoint(out / "best.pt")
-        load_model_state(model, best, out / "best.pt")
-        val = _validate(task, model, data, cfg, device, autocast_ctx)
-        (out / "val_metrics.json").write_text(json.dumps(val, indent=1))
-        plot_run(out)
+        _finish(s)
     return {"stop": stop_reason, "best_metric": st.best_metric, "best_epoch": st.best_epoch,
-            "primary": task.primary, "parameters": n_params, "steps": st.step,
-            "history": st.history, "out": str(out)}
+            "primary": s.task.primary, "parameters": n_params, "steps": st.step,
+            "history": st.history, "out": str(run.path)}

@@ -9,13 +9,14 @@ import json
 import sys
 from pathlib import Path
 
+from cnnrnn.run_dir import RunDir
+
 KEYS = ("O-F1", "exact_match", "C-F1", "macro-F1", "mAP", "O-P", "O-R", "C-P", "C-R",
         "hamming_loss")
 
 
 def train_minutes(run: Path) -> float:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return sum(r["train_seconds"] for r in rows) / 60
+    return sum(r["train_seconds"] for r in RunDir(run).read_history()) / 60
 
 
 def multilabel(out: Path) -> str:
@@ -24,11 +25,10 @@ def multilabel(out: Path) -> str:
         lines += [f"\n**prior `{prior_dir.name}`**, {_n(prior_dir)} test mosaics\n",
                   "| model | order | beam | " + " | ".join(KEYS) + " | train min | mosaics/s |",
                   "|---|---|---:|" + "---:|" * (len(KEYS) + 2)]
-        for run in sorted(p for p in prior_dir.iterdir() if (p / "best.pt").exists()):
+        for run in sorted(p for p in prior_dir.iterdir() if RunDir(p).checkpoint_path().exists()):
             for f in sorted(run.glob("test*.json")):
                 r = json.loads(f.read_text())
-                model = "bce" if r["model"] == "bce" else "cnn-rnn"
-                order = "-" if model == "bce" else run.name
+                model, order = r["model"], r.get("order", "-")
                 beam = r.get("beam_width", "-")
                 cells = " | ".join(f"{r[k]:.4f}" for k in KEYS)
                 lines.append(f"| {model} | {order} | {beam} | {cells} | "

@@ -74,9 +74,10 @@ def test_unknown_model_lists_known_ones():
 
 
 def test_model_option_typo_and_type():
-    with pytest.raises(ConfigError, match="unknown option 'hiden_size' for model 'lstm'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'hiden_size' in \[model\] of 'lstm' "
+                                          r"\(did you mean 'hidden_size'\?\)"):
         make_args("lstm", {"hiden_size": 3})
-    with pytest.raises(ConfigError, match="'hidden_size' must be int, got '3'"):
+    with pytest.raises(ConfigError, match="hidden_size must be int, got '3'"):
         make_args("lstm", {"hidden_size": "3"})
     with pytest.raises(ConfigError, match="dropout must be in"):
         make_args("gru", {"dropout": 1.5})

@@ -15,11 +15,13 @@ from typer.testing import CliRunner
 
 from cnnrnn.checkpoint import load_checkpoint
 from cnnrnn.cli import app
-from cnnrnn.config import load_config
-from cnnrnn.errors import CheckpointError
+from cnnrnn.config import load_config, read_toml
+from cnnrnn.encoders import prepare
+from cnnrnn.errors import CheckpointError, CnnrnnError, ConfigError
 from cnnrnn.evaluate import load_run
-from cnnrnn.multilabel import label_priority
-from cnnrnn.train import resume_config, train
+from cnnrnn.run_dir import RunDir
+from cnnrnn.tasks.multilabel import label_priority
+from cnnrnn.train import train
 
 runner = CliRunner()
 EVAL = {"multilabel.val_mosaics": 200, "multilabel.test_mosaics": 200}
@@ -48,8 +50,8 @@ def encoder_run(tmp_path_factory, data_dir) -> Path:
 def ml_config(model: str, encoder_run: Path, **over) -> object:
     tiny = {k: v for k, v in TINY_ML.items()
             if model == "cnn-rnn" or k not in ("model.hidden_size", "model.embed_dim")}
-    return load_config("multilabel", model, overrides={
-        **tiny, "multilabel.encoder_checkpoint": str(encoder_run), **over})
+    overrides = {**tiny, "multilabel.encoder_checkpoint": str(encoder_run), **over}
+    return prepare(load_config("multilabel", model, overrides=overrides), explicit=overrides)
 
 
 def test_label_orders():
@@ -114,18 +116,19 @@ def test_bce_threshold_is_chosen_on_validation_and_saved(encoder_run, data_dir, 
     assert 0.0 < threshold < 1.0 and threshold != 0.5
     _, _, model, _ = load_run(run)
     assert float(model.threshold) == threshold
-    # scripts/error_breakdown.py on this run: its shares add up and agree with evaluate
-    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-    try:
-        from error_breakdown import breakdown
-    finally:
-        sys.path.pop(0)
+    # `cnnrnn analyze errors` on this run: its shares add up and agree with evaluate
+    from cnnrnn.analysis.errors import breakdown
     from cnnrnn.data.fashion_mnist import load_fashion_mnist
+
     row = breakdown(run, load_fashion_mnist(data_dir))
     assert row["exact"] + row["wrong count"] + row["swap at right count"] == pytest.approx(1.0)
     assert row["too few"] + row["too many"] == pytest.approx(row["wrong count"])
     test = json.loads(cli("evaluate", run, "--json", "--data-dir", data_dir))
     assert row["exact"] == pytest.approx(test["exact_match"])
+    rows = json.loads(cli("analyze", "errors", run, "--json", "--data-dir", data_dir))
+    assert rows == [row]
+    table = cli("analyze", "errors", run, "--data-dir", data_dir)
+    assert table.splitlines()[0].startswith("| run | exact |")
 
 
 def test_encoder_from_another_model_is_refused(data_dir, tmp_path, encoder_run):
@@ -136,10 +139,29 @@ def test_encoder_from_another_model_is_refused(data_dir, tmp_path, encoder_run):
     with pytest.raises(CheckpointError, match="is a single-label 'lstm' run; the encoder must "
                                               "come from a single-label vgg16 run or a "
                                               "multilabel run"):
-        train(ml_config("cnn-rnn", lstm), tmp_path / "x", data_dir=data_dir)
-    with pytest.raises(CheckpointError, match="has a width-0.125 encoder .*encoder_width=0.125"):
-        train(ml_config("cnn-rnn", encoder_run, **{"model.encoder_width": 0.25}),
-              tmp_path / "y", data_dir=data_dir)
+        ml_config("cnn-rnn", lstm)
+    # an explicit width that contradicts the checkpoint says which is which
+    with pytest.raises(ConfigError, match=r"model.encoder_width = 0.25 was given, but the "
+                                          r"encoder .*vgg has encoder_width = 0.125"):
+        ml_config("cnn-rnn", encoder_run, **{"model.encoder_width": 0.25})
+    # train() without a prepared encoder is a clear error, never a silent pretraining
+    cfg = load_config("multilabel", overrides={"model.encoder_width": 0.125})
+    with pytest.raises(CnnrnnError, match="needs a pretrained encoder"):
+        train(cfg, tmp_path / "z", data_dir=data_dir)
+
+
+def test_encoder_architecture_comes_from_the_checkpoint(encoder_run):
+    # The recipe says width 0.25; the encoder run is width 0.125: its own width is taken over
+    # and recorded in the config (and so in the new run's config.toml).
+    over = {k: v for k, v in TINY_ML.items() if k != "model.encoder_width"}
+    recipe = load_config("multilabel", overrides={
+        **over, "multilabel.encoder_checkpoint": str(encoder_run)})
+    assert recipe.model_args.encoder_width == 0.25
+    cfg = prepare(recipe)
+    assert cfg.model_args.encoder_width == 0.125
+    assert cfg.multilabel.encoder_checkpoint == str(encoder_run)
+    single = load_config("single-label", "lstm")
+    assert prepare(single) is single  # a task without a pretrained encoder is left alone
 
 
 def test_automatic_encoder_pretraining_is_cached(data_dir, tmp_path, monkeypatch):
@@ -153,14 +175,17 @@ def test_automatic_encoder_pretraining_is_cached(data_dir, tmp_path, monkeypatch
 
     over = {**TINY_ML, "epochs": 1, "val_size": 200, "multilabel.encoder_epochs": 1,
             "multilabel.encoder_limit_train": 256}
-    train(load_config("multilabel", overrides=over), tmp_path / "a", data_dir=data_dir,
-          reporter=Collect(enabled=False))
+    cfg = prepare(load_config("multilabel", overrides=over), explicit=over, data_dir=data_dir,
+                  reporter=Collect(enabled=False))
     assert "pretraining a vgg16 encoder" in said[0]
     cached = list((tmp_path / "cache" / "encoders").iterdir())
     assert len(cached) == 1 and (cached[0] / "best.pt").is_file()
-    train(load_config("multilabel", overrides=over), tmp_path / "b", data_dir=data_dir,
-          reporter=Collect(enabled=False))
-    assert "using the cached pretrained encoder" in said[1]
+    assert cfg.multilabel.encoder_checkpoint == str(cached[0])  # recorded in the config
+    train(cfg, tmp_path / "a", data_dir=data_dir)
+    assert f'encoder_checkpoint = "{cached[0]}"' in (tmp_path / "a" / "config.toml").read_text()
+    again = prepare(load_config("multilabel", overrides=over), explicit=over, data_dir=data_dir,
+                    reporter=Collect(enabled=False))
+    assert "using the cached pretrained encoder" in said[1] and again == cfg
 
 
 def test_multilabel_resume_equals_straight(encoder_run, data_dir, tmp_path):
@@ -168,7 +193,7 @@ def test_multilabel_resume_equals_straight(encoder_run, data_dir, tmp_path):
     train(ml_config("cnn-rnn", encoder_run, **over), tmp_path / "s", data_dir=data_dir)
     train(ml_config("cnn-rnn", encoder_run, **over, epochs=1), tmp_path / "r",
           data_dir=data_dir)
-    train(resume_config(tmp_path / "r", epochs=2), tmp_path / "r", resume=True,
+    train(RunDir(tmp_path / "r").resume_config(epochs=2), tmp_path / "r", resume=True,
           data_dir=data_dir)
     rows = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("s", "r")]
     strip = [[{k: v for k, v in json.loads(x).items() if k not in ("ms_per_step",
@@ -192,11 +217,15 @@ def test_cli_mosaics_train_evaluate_predict(encoder_run, data_dir, tmp_path):
     run = tmp_path / "run"
     cli("train", "--task", "multilabel", "--epochs", "1", "--limit-train", "256",
         "--batch-size", "64", "--encoder-checkpoint", encoder_run, "--beam-width", "2",
-        "--set", "model.encoder_width=0.125", "--set", "model.hidden_size=32",
+        "--set", "model.hidden_size=32",
         "--set", "multilabel.val_mosaics=200", "--set", "multilabel.test_mosaics=200",
         "--out", run, "--data-dir", data_dir, "--quiet")
     assert {"config.toml", "metrics.jsonl", "best.pt", "last.pt", "learning_curve.png"} <= {
         p.name for p in run.iterdir()}
+    # the recipe's encoder width (0.25) gave way to the checkpoint's own (0.125), recorded
+    saved = read_toml(run / "config.toml")
+    assert saved["model"]["encoder_width"] == 0.125
+    assert saved["multilabel"]["encoder_checkpoint"] == str(encoder_run)
     result = json.loads(cli("evaluate", run, "--json", "--data-dir", data_dir))
     for key in ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "macro-F1", "mAP", "exact_match",
                 "hamming_loss"):
@@ -219,6 +248,7 @@ def test_cli_mosaics_train_evaluate_predict(encoder_run, data_dir, tmp_path):
 def test_decoder_overfits_a_few_real_mosaics(fmnist):
     from cnnrnn.data.loader import to_input
     from cnnrnn.data.mosaics import make_split_mosaics
+    from cnnrnn.losses import SequenceNLL
     from cnnrnn.models.heads import CNNRNNArgs, build_cnn_rnn
 
     images, labels = make_split_mosaics(fmnist, "train", 8, "outfits", seed=5)
@@ -227,9 +257,10 @@ def test_decoder_overfits_a_few_real_mosaics(fmnist):
                                      dropout=0.0), 10, freeze_encoder=False)
     opt = torch.optim.RMSprop(model.parameters(), lr=2e-3)
     x = to_input(images)
+    criterion = SequenceNLL()
     for _ in range(150):
         opt.zero_grad()
-        model.loss(x, labels).backward()
+        criterion(model(x, labels), labels).backward()
         opt.step()
     model.eval()
     sets, _ = model.predict(x, beam_width=1)

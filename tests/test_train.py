@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import signal
@@ -11,12 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnrnn import tasks
 from cnnrnn.checkpoint import load_checkpoint
 from cnnrnn.config import load_config, parse_set, read_toml
 from cnnrnn.errors import CheckpointError, CnnrnnError, ConfigError
+from cnnrnn.losses import CrossEntropy
 from cnnrnn.progress import Reporter
-from cnnrnn.train import TrainingDiverged, lr_at, resume_config, train
+from cnnrnn.run_dir import RunDir
+from cnnrnn.train import TrainingDiverged, lr_at, train
+
+
+def resume_config(run: Path, epochs: int | None = None) -> object:
+    return RunDir(run).resume_config(epochs=epochs)
 
 TINY = {"limit_train": 512, "val_size": 500, "batch_size": 64, "eval_batch_size": 500,
         "model.hidden_size": 32}
@@ -39,8 +43,8 @@ def same_weights(a: Path, b: Path) -> bool:
 def test_tiny_overfit(data_dir, tmp_path):
     cfg = load_config("single-label", "cnn", overrides={
         "limit_train": 64, "batch_size": 32, "val_size": 100, "epochs": 25, "lr": 3e-3,
-        "model.channels": 8, "model.hidden": 32, "model.dropout": 0.0, "augment": False,
-        "weight_decay": 0.0, "precision": "fp32"})
+        "model.channels": 8, "model.hidden": 32, "model.dropout": 0.0,
+        "single_label.augment": False, "weight_decay": 0.0, "precision": "fp32"})
     summary = train(cfg, tmp_path / "run", data_dir=data_dir)
     last = summary["history"][-1]
     assert last["train_accuracy"] == 1.0
@@ -48,7 +52,7 @@ def test_tiny_overfit(data_dir, tmp_path):
 
 
 def test_seeded_runs_repeat_exactly(data_dir, tmp_path):
-    aug = {"augment": True, "random_erasing": 0.5}
+    aug = {"single_label.augment": True, "single_label.random_erasing": 0.5}
     train(tiny(epochs=2, **aug), tmp_path / "a", data_dir=data_dir)
     train(tiny(epochs=2, **aug), tmp_path / "b", data_dir=data_dir)
     train(tiny(epochs=2, seed=1, **aug), tmp_path / "c", data_dir=data_dir)
@@ -85,7 +89,7 @@ class InterruptAfter(Reporter):
 
 @pytest.mark.parametrize("cut", [8, 11])  # 8 steps per epoch: at the end of epoch 1, or in 2
 def test_ctrl_c_saves_and_resumes_exactly(data_dir, tmp_path, cut):
-    over = {"model.dropout": 0.2, "model.num_layers": 2, "augment": True}
+    over = {"model.dropout": 0.2, "model.num_layers": 2, "single_label.augment": True}
     train(tiny(epochs=2, **over), tmp_path / "straight", data_dir=data_dir)
     summary = train(tiny(epochs=2, **over), tmp_path / "cut", data_dir=data_dir,
                     reporter=InterruptAfter(cut))
@@ -100,20 +104,20 @@ def test_ctrl_c_saves_and_resumes_exactly(data_dir, tmp_path, cut):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = tasks.SINGLE_LABEL.loss
+    real = CrossEntropy.forward
 
-    def poisoned(model, x, y, cfg):
+    def poisoned(self, logits, y):
         calls["n"] += 1
-        loss, correct = real(model, x, y, cfg)
-        return (loss * math.nan if calls["n"] == 12 else loss), correct
+        loss = real(self, logits, y)
+        return loss * math.nan if calls["n"] == 12 else loss
 
-    monkeypatch.setitem(tasks.TASKS, "single-label",
-                        dataclasses.replace(tasks.SINGLE_LABEL, loss=poisoned))
+    monkeypatch.setattr(CrossEntropy, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 12; the last "
                                                r"good checkpoint .*last.pt is kept"):
         train(tiny(epochs=3), tmp_path / "run", data_dir=data_dir)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
-    assert not (tmp_path / "run" / "last.pt.tmp").exists()
+    assert not list((tmp_path / "run").glob("*.tmp")) and not list(
+        (tmp_path / "run").glob(".*.tmp"))
 
 
 def test_existing_run_needs_resume_and_same_config(data_dir, tmp_path):
@@ -122,6 +126,15 @@ def test_existing_run_needs_resume_and_same_config(data_dir, tmp_path):
         train(tiny(epochs=1), tmp_path / "run", data_dir=data_dir)
     with pytest.raises(CheckpointError, match="trained with another config"):
         train(tiny(epochs=2, lr=0.1), tmp_path / "run", resume=True, data_dir=data_dir)
+    # A folder with a config.toml but no checkpoint (stopped in its first epoch) is a run too.
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.toml").write_text("")
+    with pytest.raises(CnnrnnError, match="saved no checkpoint yet .* --overwrite"):
+        train(tiny(epochs=1), tmp_path / "early", data_dir=data_dir)
+    # --overwrite starts afresh: the old run's files are gone, the new run's are there
+    summary = train(tiny(epochs=1, seed=3), tmp_path / "run", overwrite=True, data_dir=data_dir)
+    assert summary["stop"] == "finished"
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["config"]["seed"] == 3
 
 
 def test_run_folder_files(data_dir, tmp_path):
@@ -160,9 +173,24 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file .*missing.toml not found"):
         load_config("single-label", config_file=tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="random_erasing is a probability in"):
-        load_config("single-label", "gru", overrides={"random_erasing": 1.5})
-    with pytest.raises(ConfigError, match="random_erasing applies to single-label training only"):
-        load_config("multilabel", overrides={"random_erasing": 0.5})
+        load_config("single-label", "gru", overrides={"single_label.random_erasing": 1.5})
+    # task-only options live in their task's table; the other task's table is an error
+    with pytest.raises(ConfigError, match=r"unknown key 'random_erasing' .*\(it lives in "
+                                          r"\[single_label\]: single_label.random_erasing\)"):
+        load_config("single-label", "gru", overrides={"random_erasing": 0.5})
+    with pytest.raises(ConfigError, match=r"\[single_label\] options apply to --task "
+                                          r"single-label, not to this multilabel run; remove "
+                                          r"single_label.random_erasing"):
+        load_config("multilabel", overrides={"single_label.random_erasing": 0.5})
+    with pytest.raises(ConfigError, match=r"\[multilabel\] options apply to --task multilabel"):
+        load_config("single-label", "gru", overrides={"multilabel.beam_width": 2})
+    for key, value, message in [("lr", float("nan"), "lr must be a finite number > 0"),
+                                ("grad_clip", -1.0, "grad_clip must be >= 0"),
+                                ("threads", -2, "threads must be >= 0"),
+                                ("weight_decay", -0.1, "weight_decay must be >= 0"),
+                                ("val_size", 0, "val_size must be >= 1")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("single-label", "gru", overrides={key: value})
 
 
 def test_config_file_then_overrides(tmp_path):
@@ -171,9 +199,9 @@ def test_config_file_then_overrides(tmp_path):
     cfg = load_config("single-label", config_file=f,
                       overrides=parse_set(["model.num_layers=2", "lr=0.002"]))
     assert (cfg.model, cfg.epochs, cfg.lr) == ("gru", 7, 0.002)
-    assert cfg.model_args["hidden_size"] == 50 and cfg.model_args["num_layers"] == 2
+    assert cfg.model_args.hidden_size == 50 and cfg.model_args.num_layers == 2
     # Choosing another model drops the options of the file's model.
-    assert load_config("single-label", "cnn", config_file=f).model_args["channels"] == 32
+    assert load_config("single-label", "cnn", config_file=f).model_args.channels == 32
     with pytest.raises(ConfigError, match="--set expects key=value"):
         parse_set(["lr"])
 

@@ -33,18 +33,15 @@ import torch
 
 from cnnrnn.data.fashion_mnist import CLASSES
 from cnnrnn.errors import ConfigError
+from cnnrnn.files import recipe_root
 
 NUM_CLASSES = len(CLASSES)
 
 
 
 def _prior_dirs() -> tuple[Path, ...]:
-    # configs/mosaics/ of the repository that holds this package (a checkout, or an editable
-    # install, which runs from the checkout), then of the working directory.
-    return (
-        Path(__file__).resolve().parents[2] / "configs" / "mosaics",
-        Path.cwd() / "configs" / "mosaics",
-    )
+    # the priors shipped in the package (configs/mosaics/), then those of the working directory
+    return (recipe_root() / "mosaics", Path.cwd() / "configs" / "mosaics")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ validation data to maximise O-F1 (micro F1), turns its scores into label sets.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnrnn.errors import DataError
@@ -34,23 +33,13 @@ class BCEHead(HasEncoder):
         """(B, D) -> (B, K) logits."""
         return self.head(self.dropout(features))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, 1, H, W) -> (B, K) logits."""
-        return self.logits_from_features(self.encode(x))
-
-    def loss_from_features(self, features: Tensor, y: Tensor) -> Tensor:
-        """Binary cross-entropy, mean over images and labels; y (B, K) multi-hot."""
-        if y.shape != (features.shape[0], self.num_labels):
-            raise DataError(
-                f"label sets must be multi-hot of shape (B, {self.num_labels}), "
-                f"got {tuple(y.shape)}"
-            )
-        logits = self.logits_from_features(features)
-        return F.binary_cross_entropy_with_logits(logits.float(), y.float())
-
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """Training loss for images x (B, 1, H, W) and multi-hot label sets y (B, K)."""
-        return self.loss_from_features(self.encode(x), y)
+    def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor:
+        """(B, 1, H, W) -> (B, K) logits; the encoder under the caller's autocast, the head in
+        fp32. `targets` is accepted (and unused) so every multilabel model is called alike;
+        `cnnrnn.losses.BinaryCrossEntropy` turns the logits into the loss."""
+        features = self.encode(x).float()  # (B, D)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.logits_from_features(features)
 
     @torch.no_grad()
     def predict_from_features(
@@ -63,7 +52,9 @@ class BCEHead(HasEncoder):
     @torch.no_grad()
     def predict(self, x: Tensor, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
         """(B, 1, H, W) images -> label sets (B, K) uint8 and scores (B, K); call eval() first."""
-        return self.predict_from_features(self.encode(x), threshold)
+        features = self.encode(x).float()  # (B, D)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.predict_from_features(features, threshold)
 
 
 def choose_threshold(scores: Tensor, y_true: Tensor) -> float:

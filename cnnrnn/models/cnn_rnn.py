@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,15 @@ class Encoder(Protocol):
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 1, H, W) float images -> (B, num_features) image representation I."""
         ...
+
+
+class SequenceOutput(NamedTuple):
+    """What a teacher-forced training pass returns (a tuple, so DDP and torch.compile see its
+    tensors)."""
+
+    log_probs: Tensor  # (B, T, K+1): log P(next label | I, previous labels) at every step
+    targets: Tensor  # (B, T) long: the label scored at each step, then END, then IGNORE_INDEX
+    aux_logits: Tensor | None  # (B, K) per-label logits of the aux_bce head, or None
 
 
 @dataclass(frozen=True)
@@ -201,21 +210,20 @@ class CNNRNN(HasEncoder):
         inputs = torch.cat([start, prev], dim=1)  # (B, T): START, then the targets shifted
         return self.sequence_log_probs(features, inputs), targets
 
-    def loss_from_features(self, features: Tensor, y: Tensor) -> Tensor:
-        """Cross-entropy of the next label, mean over all target steps (labels and END), plus
-        `aux_bce` x the mean per-label BCE of the semantic head when it is on."""
-        log_probs, targets = self.teacher_forcing(features, y)
-        loss = F.nll_loss(log_probs.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-        if self.aux_head is not None:
-            logits = self.aux_head(self.dropout(features)).float()
-            loss = loss + self.aux_bce * F.binary_cross_entropy_with_logits(logits, y.float())
-        return loss
+    def forward(self, x: Tensor, targets: Tensor) -> SequenceOutput:
+        """Teacher-forced training pass: images x (B, 1, H, W), multi-hot label sets (B, K).
 
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """Training loss for images x (B, 1, H, W) and multi-hot label sets y (B, K)."""
-        return self.loss_from_features(self.encode(x), y)
-
-    forward = loss
+        The encoder runs under the caller's autocast; the decoder always in fp32 (its softmax
+        and the beam's sums need it). `cnnrnn.losses.SequenceNLL` turns the output into the
+        loss.
+        """
+        features = self.encode(x).float()  # (B, D)
+        with torch.autocast(x.device.type, enabled=False):
+            log_probs, seq_targets = self.teacher_forcing(features, targets)
+            aux = None
+            if self.aux_head is not None:
+                aux = self.aux_head(self.dropout(features)).float()  # (B, K)
+        return SequenceOutput(log_probs, seq_targets, aux)
 
     # ---- inference -----------------------------------------------------------------------
 
@@ -283,5 +291,9 @@ class CNNRNN(HasEncoder):
 
     @torch.no_grad()
     def predict(self, x: Tensor, beam_width: int = 1) -> tuple[Tensor, Tensor]:
-        """(B, 1, H, W) images -> label sets (B, K) uint8 and scores (B, K); call eval() first."""
-        return self.predict_from_features(self.encode(x), beam_width)
+        """(B, 1, H, W) images -> label sets (B, K) uint8 and scores (B, K); call eval() first.
+
+        The encoder runs under the caller's autocast, the beam search in fp32."""
+        features = self.encode(x).float()  # (B, D)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.predict_from_features(features, beam_width)

@@ -6,8 +6,6 @@ Each entry pairs a model class with the frozen dataclass of its arguments, so a 
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from cnnrnn.errors import ConfigError
+from cnnrnn.schema import check_fields, suggest
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,6 @@ def register(name: str, args: type, tasks: tuple[str, ...], doc: str
     return wrap
 
 
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def get_entry(name: str, task: str | None = None) -> ModelEntry:
     """The registry entry for `name`; an unknown name lists the known ones."""
     import cnnrnn.models  # noqa: F401 - registers every model family
@@ -52,7 +46,7 @@ def get_entry(name: str, task: str | None = None) -> ModelEntry:
     known = sorted(n for n, e in _REGISTRY.items() if task is None or task in e.tasks)
     if name not in known:
         where = f" for task {task!r}" if task else ""
-        raise ConfigError(f"unknown model {name!r}{where}{_suggest(name, known)}; "
+        raise ConfigError(f"unknown model {name!r}{where}{suggest(name, known)}; "
                           f"known models: {', '.join(known)}")
     return _REGISTRY[name]
 
@@ -64,20 +58,9 @@ def model_names(task: str | None = None) -> list[str]:
 
 
 def make_args(name: str, values: Mapping[str, Any], task: str | None = None) -> Any:
-    """Validate a `[model]` table against the model's argument dataclass."""
+    """Validate a `[model]` table against the model's argument dataclass; returns an instance."""
     cls = get_entry(name, task).args
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"unknown option {key!r} for model {name!r}"
-                              f"{_suggest(key, list(fields))}; its options: {', '.join(fields)}")
-        expected = type(fields[key].default)
-        ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
-        if not ok or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"model option {key!r} must be {expected.__name__}, "
-                              f"got {value!r}")
-    args = cls(**{k: (float(v) if isinstance(fields[k].default, float) else v)
-                  for k, v in values.items()})
+    args = cls(**check_fields(cls, values, f"[model] of {name!r}"))
     if hasattr(args, "validate"):
         args.validate()
     return args

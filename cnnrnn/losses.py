@@ -1,0 +1,53 @@
+"""The training criteria the tasks build: criterion(model outputs, targets) -> scalar loss.
+
+Every model is trained through `model(...)`; what it returns goes to one of these. A loss is
+computed in fp32 whatever the autocast precision of the forward pass. Cost-sensitive criteria
+(soft labels, expected cost over a class-cost matrix) belong here too.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnrnn.errors import DataError
+from cnnrnn.models.cnn_rnn import IGNORE_INDEX, SequenceOutput
+
+
+class CrossEntropy(nn.Module):
+    """Single-label: logits (B, K), classes (B,) -> mean cross-entropy, optionally smoothed."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+
+
+class SequenceNLL(nn.Module):
+    """CNN-RNN: cross-entropy of the next label, mean over all target steps (labels and END),
+    plus `aux_weight` x the mean per-label BCE of the semantic-regularisation head when the
+    model has one (Liu et al., CVPR 2017)."""
+
+    def __init__(self, aux_weight: float = 0.0) -> None:
+        super().__init__()
+        self.aux_weight = aux_weight
+
+    def forward(self, out: SequenceOutput, y: Tensor) -> Tensor:
+        loss = F.nll_loss(out.log_probs.flatten(0, 1), out.targets.flatten(),
+                          ignore_index=IGNORE_INDEX)
+        if out.aux_logits is not None:
+            loss = loss + self.aux_weight * F.binary_cross_entropy_with_logits(
+                out.aux_logits, y.float())
+        return loss
+
+
+class BinaryCrossEntropy(nn.Module):
+    """Binary relevance: logits (B, K), multi-hot label sets (B, K) -> BCE, mean over both."""
+
+    def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        if y.shape != logits.shape:
+            raise DataError(f"label sets must be multi-hot of shape (B, {logits.shape[-1]}), "
+                            f"got {tuple(y.shape)}")
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float())

@@ -1,0 +1,234 @@
+"""The multilabel task: CNN-RNN (or BCE) on synthetic Fashion-MNIST mosaics.
+
+Training mosaics are drawn fresh for every batch from the training items (a pure function of
+seed, epoch and batch); validation and test mosaics are fixed sets drawn from the validation and
+test items with seed 0, so runs with different seeds are compared on the same mosaics.
+
+The models start from an encoder prepared before training (`cnnrnn.encoders.prepare`): a
+single-label vgg16 run, a multilabel run, or a torchvision VGG-16 state_dict. What differs
+between the CNN-RNN and binary relevance (criterion, decoding, calibration, options) is one
+`Family` each, looked up by model name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnrnn.checkpoint import load_checkpoint, load_model_state
+from cnnrnn.config import TrainConfig, config_from_dict
+from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST
+from cnnrnn.data.loader import mix_seed, to_input
+from cnnrnn.data.mosaics import MosaicGenerator, make_split_mosaics, split_pool
+from cnnrnn.data.priors import load_prior
+from cnnrnn.errors import CheckpointError, CnnrnnError
+from cnnrnn.losses import BinaryCrossEntropy, SequenceNLL
+from cnnrnn.metrics.multilabel import multilabel_metrics
+from cnnrnn.models.bce import choose_threshold
+from cnnrnn.models.registry import get_entry
+from cnnrnn.models.vgg import VGGEncoder, load_torchvision_vgg16
+from cnnrnn.tasks.base import EvalOption, Task, TaskData
+
+EVAL_SEED = 0  # validation and test mosaics are the same for every run
+
+
+@dataclass
+class MosaicBatches:
+    """Fresh training mosaics: batch i of epoch e is drawn with seed (seed, e, i)."""
+
+    generator: MosaicGenerator
+    n_per_epoch: int
+    batch_size: int
+    seed: int
+
+    def __len__(self) -> int:
+        return max(1, self.n_per_epoch // self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(start, len(self)):
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, i))
+            images, labels = self.generator.sample(self.batch_size, g)
+            yield to_input(images), labels
+
+
+def label_priority(cfg: TrainConfig, frequencies: torch.Tensor) -> list[int]:
+    """The fixed label order for teacher forcing, first label first. PLA ignores it for its
+    targets; it is still stored with the model."""
+    most_first = frequencies.argsort(descending=True, stable=True).tolist()
+    order = cfg.multilabel.order
+    if order == "rare-first":
+        return most_first[::-1]
+    if order == "random":  # one fixed random order (a new one per batch fails to converge)
+        g = torch.Generator().manual_seed(mix_seed(cfg.seed, 7919))
+        return torch.randperm(len(frequencies), generator=g).tolist()
+    return most_first
+
+
+# --- the encoder ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EncoderArchitecture:
+    """What an encoder's weights fix: the model args a multilabel model must take over."""
+
+    width: float
+    batch_norm: bool
+
+    def as_model_args(self) -> dict[str, Any]:
+        return {"encoder_width": self.width, "encoder_batch_norm": self.batch_norm}
+
+
+def _source_config(run: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
+    state = load_checkpoint(Path(run) / "best.pt")
+    return config_from_dict(state["config"]), state
+
+
+def _architecture_of(src: TrainConfig, run: str | Path) -> EncoderArchitecture:
+    args = src.model_args
+    if src.task == "single-label" and src.model == "vgg16":
+        return EncoderArchitecture(args.width, args.batch_norm)
+    if src.task == "multilabel":
+        return EncoderArchitecture(args.encoder_width, args.encoder_batch_norm)
+    raise CheckpointError(f"{run} is a {src.task} {src.model!r} run; the encoder must come "
+                          "from a single-label vgg16 run or a multilabel run")
+
+
+def encoder_architecture(run: str | Path) -> EncoderArchitecture:
+    """The encoder architecture of a single-label vgg16 run or of a multilabel run."""
+    return _architecture_of(_source_config(run)[0], run)
+
+
+def encoder_from_run(run: str | Path, cfg: TrainConfig) -> VGGEncoder:
+    """The encoder of a single-label vgg16 run, or of a multilabel run (cnn-rnn or bce, e.g. one
+    whose encoder was fine-tuned on mosaics), checked against the multilabel model's args."""
+    src, state = _source_config(run)
+    arch = _architecture_of(src, run)
+    want = EncoderArchitecture(cfg.model_args.encoder_width, cfg.model_args.encoder_batch_norm)
+    if arch != want:
+        raise CheckpointError(f"{run} has a width-{arch.width:g} encoder (batch_norm="
+                              f"{arch.batch_norm}); set --set model.encoder_width={arch.width:g} "
+                              f"--set model.encoder_batch_norm={str(arch.batch_norm).lower()}")
+    model = get_entry(src.model, src.task).build(src.model_args, len(CLASSES))
+    load_model_state(model, state, Path(run) / "best.pt")
+    return model.encoder
+
+
+def _encoder(cfg: TrainConfig) -> VGGEncoder:
+    ml, args = cfg.multilabel, cfg.model_args
+    if ml.encoder_checkpoint:
+        return encoder_from_run(ml.encoder_checkpoint, cfg)
+    if ml.encoder_weights:
+        encoder = VGGEncoder(args.encoder_width, args.encoder_batch_norm)
+        load_torchvision_vgg16(encoder, ml.encoder_weights)
+        return encoder
+    raise CnnrnnError("a multilabel model needs a pretrained encoder: set "
+                      "multilabel.encoder_checkpoint or multilabel.encoder_weights, or call "
+                      "cnnrnn.encoders.prepare(cfg) first (as `cnnrnn train` does)")
+
+
+# --- the two model families -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the multilabel models."""
+
+    criterion: Callable[[TrainConfig], nn.Module]
+    # decode(model, x, cfg) -> label sets (B, K) uint8 and scores (B, K)
+    decode: Callable[[nn.Module, torch.Tensor, TrainConfig], tuple[torch.Tensor, torch.Tensor]]
+    build_kwargs: Callable[[TrainConfig, TaskData | None], dict[str, Any]]
+    calibrated: bool = False  # a decision threshold is chosen on validation data
+    describe: Callable[[TrainConfig], dict[str, Any]] = lambda cfg: {}
+
+
+def _cnn_rnn_kwargs(cfg: TrainConfig, data: TaskData | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"order": "pla" if cfg.multilabel.order == "pla" else "fixed"}
+    if data is not None:
+        kwargs["label_priority"] = data.info["label_priority"]
+    return kwargs
+
+
+FAMILIES: dict[str, Family] = {
+    "cnn-rnn": Family(
+        criterion=lambda cfg: SequenceNLL(cfg.model_args.aux_bce),
+        decode=lambda model, x, cfg: model.predict(x, cfg.multilabel.beam_width),
+        build_kwargs=_cnn_rnn_kwargs,
+        describe=lambda cfg: {"order": cfg.multilabel.order}),
+    "bce": Family(
+        criterion=lambda cfg: BinaryCrossEntropy(),
+        decode=lambda model, x, cfg: model.predict(x, float(model.threshold)),
+        build_kwargs=lambda cfg, data: {},
+        calibrated=True),
+}
+
+
+class Multilabel(Task):
+    name = "multilabel"
+    primary = "O-F1"
+    metric_label = "val O-F1"
+    image_size = 56
+    summary_keys = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "macro-F1", "mAP", "exact_match",
+                    "hamming_loss")
+    eval_options = {"beam_width": EvalOption("multilabel.beam_width", "--beam-width",
+                                             models=("cnn-rnn",))}
+    pretrained_encoder = True
+
+    def prepare(self, cfg: TrainConfig, data: FashionMNIST) -> TaskData:
+        ml = cfg.multilabel
+        prior = load_prior(ml.prior)
+        images, labels, _ = split_pool(data, "train", cfg.val_size)
+        n_train = cfg.limit_train or ml.train_mosaics
+        train = MosaicBatches(MosaicGenerator(images, labels, prior), n_train,
+                              min(cfg.batch_size, n_train), cfg.seed)
+        val = make_split_mosaics(data, "val", ml.val_mosaics, prior, EVAL_SEED,
+                                 val_size=cfg.val_size)
+        test = make_split_mosaics(data, "test", ml.test_mosaics, prior, EVAL_SEED,
+                                  val_size=cfg.val_size)
+        freq = prior.label_frequencies()
+        return TaskData(train, val[0], val[1], test[0], test[1],
+                        info={"label_frequencies": freq.tolist(),
+                              "label_priority": label_priority(cfg, freq)})
+
+    def build(self, cfg: TrainConfig, data: TaskData | None) -> nn.Module:
+        family = FAMILIES[cfg.model]
+        kwargs = {"freeze_encoder": not cfg.multilabel.finetune_encoder,
+                  **family.build_kwargs(cfg, data)}
+        entry = get_entry(cfg.model, self.name)
+        if data is None:  # rebuilding a saved run: the state_dict brings every weight
+            return entry.build(cfg.model_args, len(CLASSES), **kwargs)
+        return entry.build(cfg.model_args, len(CLASSES), encoder=_encoder(cfg), **kwargs)
+
+    def criterion(self, cfg: TrainConfig) -> nn.Module:
+        return FAMILIES[cfg.model].criterion(cfg)
+
+    def model_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (x, y)  # the CNN-RNN is teacher-forced on y; BCE ignores it
+
+    def predict(self, model: nn.Module, x: torch.Tensor, cfg: TrainConfig
+                ) -> dict[str, torch.Tensor]:
+        sets, scores = FAMILIES[cfg.model].decode(model, x, cfg)
+        return {"label_sets": sets, "scores": scores}
+
+    def calibrate(self, model: nn.Module, outputs: dict[str, torch.Tensor],
+                  targets: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        """BCE: choose the decision threshold on validation data (best O-F1) and apply it."""
+        if not FAMILIES[cfg.model].calibrated:
+            return outputs
+        t = choose_threshold(outputs["scores"], targets)
+        model.threshold.fill_(t)
+        return {**outputs, "label_sets": (outputs["scores"] >= t).to(torch.uint8)}
+
+    def metrics(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
+                cfg: TrainConfig) -> dict[str, Any]:
+        return multilabel_metrics(targets, outputs["label_sets"], outputs["scores"],
+                                  list(CLASSES))
+
+    def format_predictions(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        sets = [row.nonzero().flatten().tolist() for row in outputs["label_sets"]]
+        return {"label_sets": sets, "scores": outputs["scores"].tolist()}
+
+    def describe(self, cfg: TrainConfig) -> dict[str, Any]:
+        return {**super().describe(cfg), **FAMILIES[cfg.model].describe(cfg)}

@@ -1,0 +1,87 @@
+"""The single-label task: one of ten Fashion-MNIST classes per 28x28 image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnrnn.config import TrainConfig
+from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, train_val_split
+from cnnrnn.data.loader import IndexedBatches
+from cnnrnn.losses import CrossEntropy
+from cnnrnn.metrics.single_label import single_label_metrics
+from cnnrnn.models.registry import get_entry
+from cnnrnn.plots import plot_confusion_matrix
+from cnnrnn.run_dir import CONFUSION_MATRIX, RunDir
+from cnnrnn.tasks.base import EvalOption, Task, TaskData
+
+
+class SingleLabel(Task):
+    name = "single-label"
+    primary = "accuracy"
+    metric_label = "val acc"
+    image_size = 28
+    summary_keys = ("accuracy",)
+    eval_options = {"tta_flip": EvalOption("single_label.tta_flip", "--tta")}
+
+    def prepare(self, cfg: TrainConfig, data: FashionMNIST) -> TaskData:
+        opts = cfg.single_label
+        train_idx, val_idx = train_val_split(len(data.train_images), cfg.val_size)
+        if cfg.limit_train:
+            train_idx = train_idx[:cfg.limit_train]
+        train = IndexedBatches(data.train_images[train_idx], data.train_labels[train_idx],
+                               min(cfg.batch_size, len(train_idx)), cfg.seed,
+                               augment=opts.augment, erase=opts.random_erasing)
+        return TaskData(train, data.train_images[val_idx], data.train_labels[val_idx],
+                        data.test_images, data.test_labels)
+
+    def build(self, cfg: TrainConfig, data: TaskData | None) -> nn.Module:
+        return get_entry(cfg.model, self.name).build(cfg.model_args, len(CLASSES))
+
+    def criterion(self, cfg: TrainConfig) -> nn.Module:
+        return CrossEntropy(cfg.single_label.label_smoothing)
+
+    def count_correct(self, outputs: torch.Tensor, y: torch.Tensor) -> int:
+        return int((outputs.argmax(1) == y).sum())
+
+    def predict(self, model: nn.Module, x: torch.Tensor, cfg: TrainConfig
+                ) -> dict[str, torch.Tensor]:
+        logits = model(x).float()  # (B, 10)
+        if cfg.single_label.tta_flip:  # test-time augmentation: the mirror image votes too
+            logits = (logits + model(x.flip(-1)).float()) / 2
+        return {"logits": logits, "probs": logits.softmax(1), "labels": logits.argmax(1)}
+
+    def metrics(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
+                cfg: TrainConfig) -> dict[str, Any]:
+        m = single_label_metrics(targets.numpy(), outputs["labels"].numpy(), len(CLASSES),
+                                 list(CLASSES))
+        m["loss"] = float(F.cross_entropy(outputs["logits"], targets))
+        return m
+
+    def format_predictions(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {"labels": outputs["labels"].tolist(), "probs": outputs["probs"].tolist()}
+
+    def format_value(self, key: str, value: Any) -> str:
+        return "-" if value is None else f"{100 * value:.2f} %"
+
+    def per_class_rows(self, result: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(name, self.format_value("accuracy", acc))
+                for name, acc in zip(CLASSES, result["per_class_accuracy"], strict=True)]
+
+    def plot_run(self, run: RunDir, history: list[dict[str, Any]],
+                 val_metrics: dict[str, Any]) -> None:
+        super().plot_run(run, history, val_metrics)
+        plot_confusion_matrix(np.array(val_metrics["confusion_matrix"]), CLASSES,
+                              run / CONFUSION_MATRIX,
+                              "validation confusion matrix (rows: true, normalised)")
+
+    def plot_evaluation(self, result: dict[str, Any], run: RunDir) -> list[Path]:
+        png = run / f"confusion_matrix_{result['split']}.png"
+        plot_confusion_matrix(np.array(result["confusion_matrix"]), CLASSES, png,
+                              f"{result['split']} confusion matrix (rows: true, normalised)")
+        return [png]
