@@ -251,8 +251,10 @@ def analyze_errors(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Where multilabel runs go wrong on their test mosaics: exact match by label count and
-    set commonness, wrong counts against swaps (one Markdown table)."""
+    """Where multilabel runs go wrong on their test mosaics (one Markdown table).
+
+    Exact match by label count and by how common the true set is; wrong counts against swaps.
+    """
     from cnnrnn.analysis.errors import breakdown, markdown_table
     from cnnrnn.data.fashion_mnist import load_fashion_mnist
 

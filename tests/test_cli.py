@@ -162,3 +162,30 @@ def test_tta_flag(runs, data_dir):
     assert (plain["tta_flip"], tta["tta_flip"]) == (False, True)
     # The mirrored images vote: predictions change for some of the 10,000 test images.
     assert plain["confusion_matrix"] != tta["confusion_matrix"]
+
+
+def test_every_train_flag_sets_a_config_key():
+    """`cnnrnn train`'s named flags are looked up in the config schema, not mapped by hand."""
+    import inspect
+
+    from cnnrnn import cli
+    from cnnrnn.config import key_of
+
+    params = set(inspect.signature(cli.train).parameters)
+    not_config = {"task", "model", "config", "set_", "out", "resume", "overwrite", "data_dir",
+                  "quiet"}
+    assert params - not_config == set(cli.CONFIG_FLAGS)
+    keys = {name: key_of(name) for name in cli.CONFIG_FLAGS}
+    assert keys["beam_width"] == "multilabel.beam_width" and keys["lr"] == "lr"
+
+
+def test_overwrite_and_taken_out_folder(runs, tmp_path, data_dir):
+    run = tmp_path / "taken"
+    shutil.copytree(runs["gru"], run)
+    proc = cnnrnn_main("train", "--model", "gru", "--out", run, "--data-dir", data_dir)
+    assert proc.returncode == 2 and "already holds a run; continue it with --resume" in (
+        proc.stderr)
+    cli("train", "--model", "gru", "--epochs", "1", "--out", run, "--overwrite",
+        "--data-dir", data_dir, *TINY)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # the old run's two epochs are gone

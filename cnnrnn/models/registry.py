@@ -2,6 +2,8 @@
 
 Each entry pairs a model class with the frozen dataclass of its arguments, so a config's
 `[model]` table is validated field by field (a typo names itself) before anything is built.
+Every family is registered by the time this module can be used: importing it runs
+`cnnrnn/models/__init__.py` first, which imports each family module.
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ def register(name: str, args: type, tasks: tuple[str, ...], doc: str
 
 def get_entry(name: str, task: str | None = None) -> ModelEntry:
     """The registry entry for `name`; an unknown name lists the known ones."""
-    import cnnrnn.models  # noqa: F401 - registers every model family
-
     known = sorted(n for n, e in _REGISTRY.items() if task is None or task in e.tasks)
     if name not in known:
         where = f" for task {task!r}" if task else ""
@@ -52,8 +52,6 @@ def get_entry(name: str, task: str | None = None) -> ModelEntry:
 
 
 def model_names(task: str | None = None) -> list[str]:
-    import cnnrnn.models  # noqa: F401
-
     return sorted(n for n, e in _REGISTRY.items() if task is None or task in e.tasks)
 
 
