@@ -37,8 +37,6 @@ def read_torch_file(path: Path, what: str, fix: str) -> Any:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; a bad file is a one-line CheckpointError."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
     state = read_torch_file(path, "checkpoint", "pass a run folder written by `cnnrnn train` "
                             "(it holds best.pt and last.pt)")
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -13,7 +13,6 @@ images, split by `train_val_split`; test mosaics only from the test images.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, train_val_split
 from cnnrnn.data.priors import Prior, load_prior
 from cnnrnn.errors import ConfigError, DataError
+from cnnrnn.files import atomic_write
 
 CELL = 28  # pixels per side of a cell: one Fashion-MNIST image
 NUM_CLASSES = len(CLASSES)
@@ -246,16 +246,14 @@ def save_mosaics(path: str | Path, images: torch.Tensor | np.ndarray,
                  labels: torch.Tensor | np.ndarray) -> Path:
     """Write mosaics to an .npz with arrays images (N, S, S) uint8 and labels (N, 10) uint8.
 
-    The file is written next to its destination and renamed, so a crash leaves no half file.
+    The file is written atomically (`cnnrnn.files.atomic_write`): a crash leaves no half file.
     """
     images, labels = np.asarray(images), np.asarray(labels)
     path = Path(path)
     _check_mosaics(images, labels, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:  # a file object, so numpy does not append ".npz" to the name
-        np.savez_compressed(f, images=images, labels=labels)
-    os.replace(tmp, path)
+    # a file object, so numpy does not append ".npz" to the name
+    atomic_write(path, lambda f: np.savez_compressed(f, images=images, labels=labels))
     return path
 
 

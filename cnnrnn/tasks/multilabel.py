@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnrnn.checkpoint import load_checkpoint, load_model_state
+from cnnrnn.checkpoint import load_model_state
 from cnnrnn.config import TrainConfig, config_from_dict
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST
 from cnnrnn.data.loader import mix_seed, to_input
@@ -32,6 +32,7 @@ from cnnrnn.metrics.multilabel import multilabel_metrics
 from cnnrnn.models.bce import choose_threshold
 from cnnrnn.models.registry import get_entry
 from cnnrnn.models.vgg import VGGEncoder, load_torchvision_vgg16
+from cnnrnn.run_dir import RunDir
 from cnnrnn.tasks.base import EvalOption, Task, TaskData
 
 EVAL_SEED = 0  # validation and test mosaics are the same for every run
@@ -83,7 +84,7 @@ class EncoderArchitecture:
 
 
 def _source_config(run: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
-    state = load_checkpoint(Path(run) / "best.pt")
+    state = RunDir(run).load("best")
     return config_from_dict(state["config"]), state
 
 
@@ -113,7 +114,7 @@ def encoder_from_run(run: str | Path, cfg: TrainConfig) -> VGGEncoder:
                               f"{arch.batch_norm}); set --set model.encoder_width={arch.width:g} "
                               f"--set model.encoder_batch_norm={str(arch.batch_norm).lower()}")
     model = get_entry(src.model, src.task).build(src.model_args, len(CLASSES))
-    load_model_state(model, state, Path(run) / "best.pt")
+    load_model_state(model, state, RunDir(run).checkpoint_path("best"))
     return model.encoder
 
 
