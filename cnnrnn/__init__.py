@@ -1,3 +1,5 @@
-"""cnnrnn: recurrent and convolutional networks reading Fashion-MNIST images and labels."""
+"""cnnrnn: recurrent networks that read Fashion-MNIST images and labels."""
 
-__version__ = "0.1.0"
+from cnnrnn.version import __version__
+
+__all__ = ["__version__"]

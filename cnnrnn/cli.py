@@ -18,6 +18,14 @@ from cnnrnn.errors import CnnrnnError
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
     help="Recurrent and convolutional networks reading Fashion-MNIST images and labels.")
+
+
+def torch_meta():  # noqa: ANN201 - the torch.device("meta") context, imported late
+    import torch
+
+    return torch.device("meta")
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Find, verify, download and draw the data.")
 app.add_typer(data_app, name="data")
 analyze_app = typer.Typer(no_args_is_help=True, help="Analyses of trained runs.")
@@ -30,6 +38,43 @@ DataDir = Annotated[Path | None, typer.Option(
 
 def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=1))
+
+
+def _note(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cnnrnn.version import __version__
+
+        typer.echo(f"cnnrnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit")
+        ] = False) -> None:
+    """Recurrent and convolutional networks reading Fashion-MNIST images and labels."""
+
+
+@app.command()
+def models() -> None:
+    """The models by task: name, parameters with their recipe, and what each is."""
+    from cnnrnn.config import TASKS, load_config
+    from cnnrnn.models import count_parameters, get_entry, model_names
+    from cnnrnn.tasks import get_task
+
+    for task in TASKS:
+        typer.echo(f"{task}:")
+        for name in model_names(task):
+            cfg = load_config(task, name)
+            with torch_meta():
+                n = count_parameters(get_task(task).build(cfg, None))
+            typer.echo(f"  {name:8s} {n:>11,} parameters  recipe configs/"
+                       f"{task.replace('-', '_')}/{name}.toml")
+            typer.echo(f"           {get_entry(name).doc}")
 
 
 @app.command()
@@ -74,6 +119,8 @@ def train(
              "replaced)")] = False,
     data_dir: DataDir = None,
     quiet: Annotated[bool, typer.Option(help="No progress output")] = False,
+    print_config: Annotated[bool, typer.Option(
+        help="Print the resolved config (TOML) and exit; nothing is trained")] = False,
 ) -> None:
     """Train a model; writes config.toml, metrics.jsonl, last.pt, best.pt and plots."""
     from cnnrnn.config import key_of, load_config, parse_set
@@ -95,9 +142,15 @@ def train(
             raise CnnrnnError(f"--resume continues with the run's own config; drop "
                               f"{', '.join(fixed)} (only {', '.join(RESUMABLE)} may change)")
         cfg = RunDir(resume).resume_config(**{k: overrides.get(k) for k in RESUMABLE})
+        if print_config:
+            _print_config(cfg, set())
+            return
         out = resume
     else:
         cfg = load_config(task, model, config, overrides)
+        if print_config:
+            _print_config(cfg, set(overrides))
+            return
         out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
         try:
@@ -109,6 +162,20 @@ def train(
                            data_dir=data_dir, reporter=reporter)
     if summary["stop"] == "interrupted":
         raise typer.Exit(130)
+
+
+def _print_config(cfg: object, explicit: set[str]) -> None:
+    """The resolved config as TOML; a named encoder's architecture is read from it, but no
+    encoder is pretrained for this."""
+    import tomli_w
+
+    from cnnrnn.encoders import prepare, will_pretrain
+
+    if will_pretrain(cfg):
+        typer.echo("# no encoder given: `cnnrnn train` would pretrain one first", err=True)
+    else:
+        cfg = prepare(cfg, explicit=explicit)
+    typer.echo(tomli_w.dumps(cfg.to_dict()), nl=False)
 
 
 # `cnnrnn train`'s named flags that set a config option; each is looked up in the config schema
@@ -130,35 +197,67 @@ def evaluate(
         "--tta/--no-tta", help="single-label runs: also read the mirrored image (default: "
         "the run's tta_flip)")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    plots: Annotated[bool, typer.Option(
+        help="Also write the task's figures (single-label: the confusion matrix) into the run "
+        "folder")] = False,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="Format of the --plots figures: png, pdf or svg (default png)")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Metrics of a trained run on the test (or validation) split."""
+    from cnnrnn.plots import check_format
+
+    if fmt is not None and not plots:
+        raise CnnrnnError(f"--format {fmt} is the format of the figures; add --plots to write "
+                          "them")
+    fmt = check_format(fmt or "png")
     from cnnrnn.evaluate import evaluate_run
 
     result = evaluate_run(run, split, data_dir, checkpoint, device,
-                          {"beam_width": beam_width, "tta_flip": tta})
+                          {"beam_width": beam_width, "tta_flip": tta}, say=_note)
     if as_json:
         _echo_json(result)
+        if plots:
+            from cnnrnn.run_dir import RunDir
+            from cnnrnn.tasks import get_task
+
+            for path in get_task(result["task"]).plot_evaluation(result, RunDir(run), fmt):
+                typer.echo(f"figure: {path}", err=True)
         return
     from cnnrnn.report import print_evaluation
 
-    print_evaluation(result, run)
+    print_evaluation(result, run, plots, fmt)
 
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="Run folder")],
-    images: Annotated[Path, typer.Argument(help=".npy uint8 array (N, 28, 28) or (N, 56, 56)")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder")],
+    inputs: Annotated[Path, typer.Argument(
+        metavar="INPUT", help="A .npy uint8 array (N, S, S) of raw pixels 0-255, an .npz with "
+        "such an `images` array (as `cnnrnn data mosaics` writes), a PNG or JPEG file, or a "
+        "folder of them (by name). S is 28 for single-label runs, 56 for multilabel ones; "
+        "image files of any size and colour are made grey and resized")],
+    invert: Annotated[bool, typer.Option(
+        "--invert", help="Use 255 - x: photos of dark items on a light background become light on "
+             "black, like Fashion-MNIST")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON here instead of stdout")
                    ] = None,
-    device: Annotated[str, typer.Option()] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "cpu",
 ) -> None:
-    """Predict the classes (or label sets) of raw uint8 images."""
+    """Predict the classes (or label sets) of images; the JSON names each image."""
+    from cnnrnn.config import CHOICES
     from cnnrnn.evaluate import predict_run
+    from cnnrnn.files import atomic_write
 
-    result = predict_run(run, images, device)
+    if device not in CHOICES["device"]:
+        raise CnnrnnError(f"--device {device!r} is not one of {', '.join(CHOICES['device'])}")
+    if out is not None and out.is_dir():
+        raise CnnrnnError(f"--out {out} is a folder; give a file, e.g. {out / 'preds.json'}")
+    if out is not None and not out.parent.is_dir():
+        raise CnnrnnError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    result = predict_run(run, inputs, device, invert)
     if out:
-        out.write_text(json.dumps(result))
+        atomic_write(out, json.dumps(result))
         typer.echo(f"wrote {out}", err=True)
     else:
         typer.echo(json.dumps(result))
@@ -167,19 +266,52 @@ def predict(
 @app.command()
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders")],
-    plot: Annotated[Path, typer.Option(help="Validation curves of all runs")] = Path(
-        "compare.png"),
+    plot: Annotated[Path, typer.Option(
+        help="Validation curves of all runs; the extension (.png, .pdf, .svg) sets the format"
+    )] = Path("compare.png"),
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="The name of a run in the table and the legend; one per run, in order "
+        "(default: the run folders' names)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """The comparison table (Markdown) of several runs, and one plot of their curves."""
+    """The comparison table (Markdown, or --json / --csv) of several runs, and one plot of
+    their curves."""
+    from cnnrnn.plots import figure_path, plot_compare
+
+    if as_json and as_csv:
+        raise CnnrnnError("choose one of --json and --csv")
+    figure_path(plot)  # a wrong extension fails before the runs are evaluated
+    labels = label or [Path(r).resolve().name for r in runs]
+    if len(labels) != len(runs):
+        raise CnnrnnError(f"{len(labels)} --label for {len(runs)} runs; give one --label per "
+                          "run, in order")
+    twice = sorted({name for name in labels if labels.count(name) > 1})
+    if twice:
+        raise CnnrnnError(f"two runs are both named {twice[0]!r}; tell them apart with one "
+                          "--label per run")
     from cnnrnn.evaluate import compare_runs, markdown_table
-    from cnnrnn.plots import plot_compare
     from cnnrnn.run_dir import RunDir
 
     rows = compare_runs(runs, data_dir)
-    typer.echo(markdown_table(rows), nl=False)
-    metric = rows[0]["metric"]
-    plot_compare({Path(r).name: RunDir(r).read_history() for r in runs}, plot, metric)
+    for row, name in zip(rows, labels, strict=True):
+        row["run"] = name
+    if as_json:
+        _echo_json(rows)
+    elif as_csv:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        typer.echo(buf.getvalue(), nl=False)
+    else:
+        typer.echo(markdown_table(rows), nl=False)
+    plot_compare({name: RunDir(r).read_history() for name, r in zip(labels, runs, strict=True)},
+                 plot, rows[0]["metric"])
     typer.echo(f"wrote {plot}", err=True)
 
 
@@ -212,14 +344,21 @@ def data_download(
 
 @data_app.command("show")
 def data_show(
-    out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("samples.png"),
+    out: Annotated[Path, typer.Option(
+        help="Figure to write; the extension (.png, .pdf, .svg) sets the format")] = Path(
+        "samples.png"),
     mosaics: Annotated[Path | None, typer.Option(help="Draw mosaics from this .npz instead")
                        ] = None,
-    n: Annotated[int, typer.Option(help="How many images")] = 30,
-    seed: Annotated[int, typer.Option()] = 0,
+    n: Annotated[int, typer.Option(help="How many images (at least 1)")] = 30,
+    seed: Annotated[int, typer.Option(help="Which images are drawn")] = 0,
     data_dir: DataDir = None,
 ) -> None:
     """Draw a grid of training samples of the ten classes (or of mosaics) with their names."""
+    from cnnrnn.plots import figure_path
+
+    if n < 1:
+        raise CnnrnnError(f"--n must be at least 1, got {n}")
+    figure_path(out)  # mistakes fail before torch and the data are loaded
     from cnnrnn.report import show_mosaics, show_samples
 
     if mosaics is not None:
@@ -239,8 +378,9 @@ def data_mosaics(
     data_dir: DataDir = None,
 ) -> None:
     """Write synthetic multi-item mosaics: images (N, 56, 56) uint8, labels (N, 10) uint8."""
-    from cnnrnn.report import write_mosaics
+    from cnnrnn.report import check_mosaic_count, write_mosaics
 
+    check_mosaic_count(n)
     write_mosaics(out, split, n, prior, seed, data_dir)
     typer.echo(f"wrote {n} {split} mosaics ({prior}) to {out}")
 
@@ -267,11 +407,19 @@ def analyze_errors(
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line on stderr and exit status 2."""
+    """Entry point: user mistakes become one line on stderr and exit status 2.
+
+    An OSError that reaches here (a read-only folder, a missing one, a file where a folder
+    should be) is a user's problem with a path too: one line naming the path and the reason.
+    """
     try:
         app()  # standalone: click reports usage errors itself and exits with status 2
     except CnnrnnError as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        typer.echo(f"error: {where}{e.strerror or e}", err=True)
         sys.exit(2)
 
 

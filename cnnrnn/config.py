@@ -25,12 +25,13 @@ import tomli_w
 from cnnrnn.errors import ConfigError
 from cnnrnn.files import atomic_write, recipe_root
 from cnnrnn.models.registry import make_args
+from cnnrnn.precision import DEVICES
 from cnnrnn.schema import check_fields, unknown_key
 
 CHOICES = {
     "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
     "schedule": ("constant", "cosine", "step"),
-    "device": ("auto", "cpu", "cuda", "mps"),
+    "device": DEVICES,
     "precision": ("fp32", "bf16", "fp16"),
 }
 ORDERS = ("frequency", "rare-first", "random", "pla")
@@ -121,6 +122,7 @@ class TrainConfig:
     limit_train: int = 0  # train on the first N training images / N mosaics per epoch; 0 = all
     threads: int = 0  # torch CPU threads; 0 = torch's default
     channels_last: bool = True  # NHWC memory layout: ~20 % faster convolutions on CPU
+    checkpoint_minutes: float = 10.0  # also save last.pt inside an epoch this often; 0 = off
     single_label: SingleLabelConfig = field(default_factory=SingleLabelConfig)
     multilabel: MultilabelConfig = field(default_factory=MultilabelConfig)
 
@@ -133,7 +135,7 @@ class TrainConfig:
         _check_min({"limit_train": self.limit_train, "threads": self.threads,
                     "weight_decay": self.weight_decay, "momentum": self.momentum,
                     "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip,
-                    "seed": self.seed}, 0)
+                    "seed": self.seed, "checkpoint_minutes": self.checkpoint_minutes}, 0)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
         if self.seed >= 2**63:

@@ -92,6 +92,13 @@ def _take_over(cfg: TrainConfig, arch: EncoderArchitecture, source: str,
     return config_from_dict(d)
 
 
+def will_pretrain(cfg: TrainConfig) -> bool:
+    """Whether `prepare(cfg)` would have to pretrain an encoder (none named)."""
+    ml = cfg.multilabel
+    return (get_task(cfg.task).pretrained_encoder and not ml.encoder_checkpoint
+            and not ml.encoder_weights)
+
+
 def prepare(cfg: TrainConfig, explicit: Collection[str] = (), data_dir: str | Path | None = None,
             reporter: Reporter | None = None) -> TrainConfig:
     """The config a run trains with, its encoder found (or pretrained) and recorded.

@@ -8,34 +8,81 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from cnnrnn.checkpoint import load_model_state
-from cnnrnn.config import TrainConfig, config_from_dict
+from cnnrnn.config import TrainConfig, config_from_dict, read_toml
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, load_fashion_mnist
 from cnnrnn.errors import CnnrnnError
+from cnnrnn.images import read_inputs
 from cnnrnn.models.registry import count_parameters
 from cnnrnn.precision import autocast, resolve_device
-from cnnrnn.run_dir import RunDir
+from cnnrnn.run_dir import CONFIG, RunDir
 from cnnrnn.tasks import Task, apply_eval_options, get_task, run_predict
 
 SPLITS = ("test", "val")
 
 
-def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu"
+MAX_PARAMETERS = 2_000_000_000  # a stored config asking for more is corrupt or edited
+
+
+def build_checked(task: Task, cfg: TrainConfig, where: str | Path) -> nn.Module:
+    """The bare model of a stored config, after counting its parameters on the meta device
+    (no memory): an absurd architecture is refused before anything is allocated."""
+    with torch.device("meta"):
+        n = count_parameters(task.build(cfg, None))
+    if n > MAX_PARAMETERS:
+        raise CnnrnnError(f"the config stored in {where} describes a {cfg.model} of {n:,} "
+                          "parameters; refusing to build it (is the checkpoint corrupt or "
+                          "edited?)")
+    return task.build(cfg, None)
+
+
+def config_drift(run: str | Path, cfg: TrainConfig) -> list[str]:
+    """The keys where the run folder's config.toml differs from the checkpoint's config."""
+    path = RunDir(run) / CONFIG
+    try:
+        saved = config_from_dict(read_toml(path)).to_dict()
+    except CnnrnnError:
+        return [CONFIG] if path.exists() else []
+    ours = cfg.to_dict()
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    a, b = flat(saved), flat(ours)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu",
+             say: Callable[[str], None] | None = None
              ) -> tuple[TrainConfig, Task, nn.Module, dict[str, Any]]:
-    """Rebuild a run's model from its checkpoint (the architecture comes from the checkpoint)."""
+    """Rebuild a run's model from its checkpoint (the architecture comes from the checkpoint).
+
+    `say` hears a note when the run folder's config.toml was edited: the checkpoint's config
+    is the one used."""
     run_dir = RunDir(run)
+    path = run_dir.checkpoint_path(checkpoint)
     state = run_dir.load(checkpoint)
     cfg = config_from_dict(state["config"])
+    if say is not None:
+        drift = config_drift(run, cfg)
+        if drift:
+            say(f"note: {run_dir / CONFIG} differs from the config stored in {path.name} "
+                f"({', '.join(drift[:5])}{', ...' if len(drift) > 5 else ''}); using the "
+                "checkpoint's")
     task = get_task(cfg.task)
-    model = task.build(cfg, None)
-    load_model_state(model, state, run_dir.checkpoint_path(checkpoint))
+    model = build_checked(task, cfg, path)
+    load_model_state(model, state, path)
     return cfg, task, model.to(resolve_device(device)).eval(), state
 
 
@@ -48,7 +95,8 @@ def predict_images(task: Task, model: nn.Module, images: torch.Tensor, cfg: Trai
 
 def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | None = None,
                  checkpoint: str = "best", device: str = "cpu",
-                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+                 options: dict[str, Any] | None = None,
+                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Metrics of a run's checkpoint on the validation or test split.
 
     `options` are the task's evaluation options (`beam_width` for CNN-RNN runs, `tta_flip` for
@@ -58,7 +106,8 @@ def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | No
     """
     if split not in SPLITS:
         raise CnnrnnError(f"unknown split {split!r}; choose test or val")
-    loaded = load_run(run, checkpoint, device)
+    resolve_device(device)  # an unknown or absent device fails before anything is read
+    loaded = load_run(run, checkpoint, device, say)
     return _evaluate_loaded(run, *loaded, load_fashion_mnist(data_dir), split, checkpoint,
                             device, options or {})
 
@@ -80,56 +129,43 @@ def _evaluate_loaded(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Mo
             "images_per_second": len(images) / seconds, **metrics}
 
 
-def read_images(path: str | Path, size: int) -> torch.Tensor:
-    """A uint8 .npy array (N, size, size) of raw 0-255 pixels, checked; never unpickles."""
-    path = Path(path)
-    if not path.is_file():
-        raise CnnrnnError(f"{path} not found")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise CnnrnnError(f"cannot read {path} as a .npy array ({type(e).__name__}: {e})"
-                          ) from None
-    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8:
-        raise CnnrnnError(f"{path} has dtype {getattr(arr, 'dtype', type(arr).__name__)}; "
-                          "expected uint8 raw pixels 0-255 (e.g. arr.astype(np.uint8))")
-    if arr.ndim == 2 and arr.shape == (size, size):
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (size, size):
-        raise CnnrnnError(f"{path} has shape {arr.shape}; expected (N, {size}, {size})")
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def predict_run(run: str | Path, images_path: str | Path, device: str = "cpu"
-                ) -> dict[str, Any]:
-    """Predictions of a run's best checkpoint for a .npy file of raw images."""
+def predict_run(run: str | Path, input_path: str | Path, device: str = "cpu",
+                invert: bool = False) -> dict[str, Any]:
+    """Predictions of a run's best checkpoint for the images in `input_path`: a .npy or .npz
+    array, a PNG or JPEG file or a folder of them (`cnnrnn.images.read_inputs`), with one
+    name per image. `invert` turns dark-on-light photos into light-on-dark ones first."""
+    resolve_device(device)  # an unknown or absent device fails before anything is read
     cfg, task, model, _ = load_run(run, "best", device)
-    images = read_images(images_path, task.image_size)
-    outputs = predict_images(task, model, images, cfg, device)
-    return {"classes": list(CLASSES), **task.format_predictions(outputs)}
+    images, names = read_inputs(input_path, task.image_size, invert)
+    if len(images):
+        outputs = predict_images(task, model, images, cfg, device)
+    else:  # every output empty: the task's JSON keys with empty lists, the model never run
+        outputs = defaultdict(lambda: torch.empty(0))
+    return {"classes": list(CLASSES), "names": names, **task.format_predictions(outputs)}
 
 
 def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None
                  ) -> list[dict[str, Any]]:
     """One row per run: parameters, ms per step, peak and final validation metric, test metric.
 
-    All runs must be of one task, so that one metric compares them."""
-    rows = []
-    fmnist = None  # read and verified once for all runs
-    first_task = None
-    for run in runs:
-        cfg, task, model, state = load_run(run)
-        if first_task is not None and task is not first_task:
-            raise CnnrnnError(f"{run} is a {cfg.task} run but {runs[0]} is a {first_task.name} "
-                              "run; compare runs of one task at a time")
-        first_task = task
-        history = RunDir(run).read_history()
+    All runs must be of one task, so that one metric compares them; that and each run's history
+    are checked before the data is read."""
+    loaded = [load_run(run) for run in runs]
+    tasks = {cfg.task for cfg, *_ in loaded}
+    if len(tasks) > 1:
+        kinds = ", ".join(f"{run} is {cfg.task}" for run, (cfg, *_) in zip(runs, loaded,
+                                                                           strict=True))
+        raise CnnrnnError(f"compare runs of one task at a time ({kinds})")
+    histories = [RunDir(run).read_history() for run in runs]
+    for run, history in zip(runs, histories, strict=True):
         if not history:
             raise CnnrnnError(f"{run} has no finished epoch yet; train it first")
+    fmnist = load_fashion_mnist(data_dir)  # read and verified once for all runs
+    rows = []
+    for run, (cfg, task, model, state), history in zip(runs, loaded, histories, strict=True):
         key = f"val_{task.primary}"
-        fmnist = fmnist or load_fashion_mnist(data_dir)
         test = _evaluate_loaded(run, cfg, task, model, state, fmnist, "test", "best", "cpu", {})
-        rows.append({"run": Path(run).name, "model": cfg.model,
+        rows.append({"run": Path(run).name, "task": cfg.task, "model": cfg.model,
                      "parameters": count_parameters(model), "epochs": len(history),
                      "ms_per_step": statistics.median(r["ms_per_step"] for r in history),
                      "epoch_seconds": statistics.median(r["train_seconds"] for r in history),
@@ -139,10 +175,14 @@ def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of `compare_runs` as Markdown; metric values as the run's task writes them."""
     head = ("| run | model | parameters | epochs | ms/step (median) | s/epoch (median) | "
             "peak val | final val | test |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
-    body = "".join(
-        f"| {r['run']} | {r['model']} | {r['parameters']:,} | {r['epochs']} | "
-        f"{r['ms_per_step']:.1f} | {r['epoch_seconds']:.1f} | {100 * r['peak_val']:.2f} % | "
-        f"{100 * r['final_val']:.2f} % | {100 * r['test']:.2f} % |\n" for r in rows)
-    return head + body
+    lines = []
+    for r in rows:
+        f = get_task(r["task"]).format_value
+        lines.append(f"| {r['run']} | {r['model']} | {r['parameters']:,} | {r['epochs']} | "
+                     f"{r['ms_per_step']:.1f} | {r['epoch_seconds']:.1f} | "
+                     f"{f(r['metric'], r['peak_val'])} | {f(r['metric'], r['final_val'])} | "
+                     f"{f(r['metric'], r['test'])} |\n")
+    return head + "".join(lines)

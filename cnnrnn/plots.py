@@ -1,11 +1,13 @@
 """Figures drawn from saved runs' numbers (history rows, metrics), never inside the hot loop.
 
 Which figures a run gets is its task's choice (`Task.plot_run`); these functions only draw.
+Each `*_figure` function returns the matplotlib Figure (for tests and notebooks); each `plot_*`
+function draws one and saves it, at DPI, in the format its file's extension names (FORMATS).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,64 +16,139 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from cnnrnn.errors import CnnrnnError  # noqa: E402
 from cnnrnn.metrics.single_label import normalized_confusion  # noqa: E402
 
+FORMATS = ("png", "pdf", "svg")
+DPI = 200  # sharp in print at a column's width; pdf and svg stay vector graphics
 
-def plot_learning_curve(rows: list[dict[str, Any]], out: str | Path, metric: str) -> None:
-    """Train and validation loss, and the validation metric, per epoch."""
+
+def check_format(fmt: str) -> str:
+    """`fmt` if it is one of FORMATS, else a one-line CnnrnnError."""
+    if fmt not in FORMATS:
+        raise CnnrnnError(f"unknown figure format {fmt!r}; choose png, pdf or svg")
+    return fmt
+
+
+def figure_path(path: str | Path) -> Path:
+    """`path`, after checking that its extension names one of FORMATS."""
+    path = Path(path)
+    if path.suffix.lower().lstrip(".") not in FORMATS:
+        raise CnnrnnError(f"cannot write a figure to {path}: name a .png, .pdf or .svg file")
+    return path
+
+
+def run_title(run: str, model: str) -> str:
+    """How a figure names a run: its folder and its model, e.g. "lstm-20261201 (lstm)"."""
+    return run if run == model else f"{run} ({model})"
+
+
+def _scale(metric: str) -> tuple[float, str]:
+    """The factor and axis label a metric is shown with: accuracy is stored as a fraction 0..1
+    and shown in %; the multilabel metrics (O-F1, mAP, ...) are shown 0..1 as they are."""
+    return (100.0, "accuracy (%)") if metric == "accuracy" else (1.0, metric)
+
+
+def _epoch_axis(ax: Axes) -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no tick at epoch 1.5
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    out = figure_path(out)
+    try:
+        fig.savefig(out, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def learning_curve_figure(rows: list[dict[str, Any]], metric: str,
+                          title: str | None = None) -> Figure:
+    """Train and validation loss (left), and the metric per epoch (right), under `title`."""
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    scale, label = _scale(metric)
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.6))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
     if rows and rows[0].get("val_loss") is not None:
         ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_loss.legend()
+    ax_loss.set(ylabel="loss", title="loss")
     if rows and rows[0].get("train_accuracy") is not None and metric == "accuracy":
-        ax_metric.plot(epochs, [r["train_accuracy"] for r in rows], "o-", label="train")
-    ax_metric.plot(epochs, [r[f"val_{metric}"] for r in rows], "o-", label="validation")
-    ax_metric.set(xlabel="epoch", ylabel=metric, title=metric)
-    ax_metric.legend()
+        ax_metric.plot(epochs, [scale * r["train_accuracy"] for r in rows], "o-", label="train")
+    ax_metric.plot(epochs, [scale * r[f"val_{metric}"] for r in rows], "o-",
+                   label="validation")
+    ax_metric.set(ylabel=label, title=metric)
+    for ax in (ax_loss, ax_metric):
+        _epoch_axis(ax)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], out: str | Path,
-                          title: str = "confusion matrix (rows: true, normalised)") -> None:
-    norm = normalized_confusion(np.asarray(cm))
+def plot_learning_curve(rows: list[dict[str, Any]], out: str | Path, metric: str,
+                        title: str | None = None) -> Path:
+    """learning_curve_figure, saved to `out`."""
+    return _save(learning_curve_figure(rows, metric, title), out)
+
+
+def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str],
+                            title: str = "confusion matrix") -> Figure:
+    """A (K, K) count matrix (rows: true class) shown as percentages of each row."""
+    pct = 100 * normalized_confusion(np.asarray(cm))  # (K, K), rows sum to 100
     fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names, rotation=45, ha="right")
     ax.set_yticks(ticks, class_names)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     for i in ticks:
         for j in ticks:
-            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+            ax.text(j, i, f"{pct[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if pct[i, j] > 50 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="% of the true class")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def plot_compare(runs: dict[str, list[dict[str, Any]]], out: str | Path, metric: str) -> None:
-    """The validation metric per epoch for several runs in one plot."""
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], out: str | Path,
+                          title: str = "confusion matrix") -> Path:
+    """confusion_matrix_figure, saved to `out`."""
+    return _save(confusion_matrix_figure(cm, class_names, title), out)
+
+
+def compare_figure(runs: Mapping[str, list[dict[str, Any]]], metric: str,
+                   title: str | None = None) -> Figure:
+    """The validation metric per epoch of several runs, one line per run, labelled by its key."""
+    scale, label = _scale(metric)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rows in runs.items():
-        ax.plot([r["epoch"] for r in rows], [r[f"val_{metric}"] for r in rows], "o-", label=name)
-    ax.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"validation {metric} per epoch")
+        ax.plot([r["epoch"] for r in rows], [scale * r[f"val_{metric}"] for r in rows], "o-",
+                label=name)
+    ax.set(ylabel=f"validation {label}", title=title or f"validation {metric} per epoch")
+    _epoch_axis(ax)
     ax.legend()
-    ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def plot_image_grid(images: np.ndarray, titles: Sequence[str], out: str | Path,
-                    ncols: int = 10) -> None:
-    """uint8 images (N, H, W) in a grid, each with its title."""
+def plot_compare(runs: Mapping[str, list[dict[str, Any]]], out: str | Path, metric: str,
+                 title: str | None = None) -> Path:
+    """compare_figure, saved to `out`."""
+    return _save(compare_figure(runs, metric, title), out)
+
+
+def image_grid_figure(images: np.ndarray, titles: Sequence[str], ncols: int = 10,
+                      cell: int | None = None) -> Figure:
+    """uint8 images (N, H, W) in a grid, each with its title.
+
+    With `cell`, thin lines between the cells of `cell` pixels (a mosaic's 28x28 items)."""
     n = len(images)
     nrows = -(-n // ncols)
     size = 1.3 if images.shape[1] <= 28 else 2.0
@@ -82,6 +159,17 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], out: str | Path,
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=7)
+        if cell:
+            h, w = image.shape
+            for y in range(cell, h, cell):  # pixel k spans k - 0.5 .. k + 0.5
+                ax.axhline(y - 0.5, color="tab:orange", linewidth=0.6)
+            for x in range(cell, w, cell):
+                ax.axvline(x - 0.5, color="tab:orange", linewidth=0.6)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def plot_image_grid(images: np.ndarray, titles: Sequence[str], out: str | Path,
+                    ncols: int = 10, cell: int | None = None) -> Path:
+    """image_grid_figure, saved to `out`."""
+    return _save(image_grid_figure(images, titles, ncols, cell), out)

@@ -8,9 +8,13 @@ import torch
 
 from cnnrnn.errors import ConfigError
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks cuda, then mps, then cpu; asking for an absent device is an error."""
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnrnn.data.fashion_mnist import CLASSES, load_fashion_mnist
+from cnnrnn.errors import CnnrnnError
 from cnnrnn.run_dir import RunDir
 from cnnrnn.tasks import get_task
 
 
-def print_evaluation(result: dict[str, Any], run: Path) -> None:
-    """The metrics of `cnnrnn evaluate` as tables, and the figures of the run's task."""
+def print_evaluation(result: dict[str, Any], run: Path, plots: bool = False,
+                     fmt: str = "png") -> None:
+    """The metrics of `cnnrnn evaluate` as tables; with `plots`, also the figures of the run's
+    task, written into the run folder in format `fmt` (png, pdf or svg)."""
     task = get_task(result["task"])
     console = Console()
     console.print(f"{result['model']} on {result['split']} ({result['n']:,} images, "
@@ -31,7 +35,7 @@ def print_evaluation(result: dict[str, Any], run: Path) -> None:
         for name, value in rows:
             per_class.add_row(name, value)
         console.print(per_class)
-    for path in task.plot_evaluation(result, RunDir(run)):
+    for path in task.plot_evaluation(result, RunDir(run), fmt) if plots else []:
         console.print(f"figure: {path}")
 
 
@@ -56,12 +60,41 @@ def label_set_names(labels: np.ndarray) -> list[str]:
 
 
 def show_mosaics(path: Path, out: Path, n: int, seed: int) -> None:
-    from cnnrnn.data.mosaics import load_mosaics
+    """n mosaics of the file (all if it holds fewer), drawn at random by `seed` without
+    replacement and kept in file order, with lines between their cells and their label sets."""
+    from cnnrnn.data.mosaics import CELL, load_mosaics
+    from cnnrnn.errors import DataError
     from cnnrnn.plots import plot_image_grid
 
     images, labels = load_mosaics(path)
-    images, labels = np.asarray(images)[:n], np.asarray(labels)[:n]
-    plot_image_grid(images, label_set_names(labels), out, ncols=min(6, max(1, len(images))))
+    if len(images) == 0:
+        raise DataError(f"{path} holds no mosaics; write some with `cnnrnn data mosaics`")
+    picks = np.sort(np.random.default_rng(seed).choice(len(images), min(n, len(images)),
+                                                       replace=False))
+    images, labels = np.asarray(images)[picks], np.asarray(labels)[picks]
+    plot_image_grid(images, label_set_names(labels), out, ncols=min(6, max(1, len(images))),
+                    cell=CELL)
+
+
+# Bytes one 56x56 mosaic may take while it is drawn and written: the peak memory of
+# `cnnrnn data mosaics --n 100000` grew by about 6.7 kB per mosaic (2x the image); 8x the image
+# leaves a margin.
+_MOSAIC_WORKING_BYTES = 8 * (56 * 56 + 10)
+
+
+def check_mosaic_count(n: int) -> None:
+    """Refuse a count of mosaics below 1 or one that would not fit in this machine's memory."""
+    if n < 1:
+        raise CnnrnnError(f"--n must be at least 1, got {n}")
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = n * _MOSAIC_WORKING_BYTES
+    if need > memory // 2:
+        raise CnnrnnError(f"--n {n:,} mosaics need about {need / 2**30:,.1f} GiB of memory and "
+                          f"this machine has {memory / 2**30:.0f} GiB; write at most about "
+                          f"{memory // 2 // _MOSAIC_WORKING_BYTES:,} at a time")
 
 
 def write_mosaics(out: Path, split: str, n: int, prior: str, seed: int,

@@ -5,14 +5,23 @@ policy.
     metrics.jsonl      one JSON row per finished epoch
     last.pt, best.pt   checkpoints: every epoch (and on Ctrl-C), and the best on validation
     val_metrics.json   the best checkpoint's validation metrics, at the end
-    *.png              figures drawn from the files above by the run's task
+    *.png, *.pdf, *.svg  figures drawn from the files above by the run's task
 
 Every file is written atomically (`cnnrnn.files.atomic_write`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +35,15 @@ METRICS = "metrics.jsonl"
 LAST = "last.pt"
 BEST = "best.pt"
 VAL_METRICS = "val_metrics.json"
+ENVIRONMENT = "environment.json"  # one entry per start or resume: versions, machine, command
 LEARNING_CURVE = "learning_curve.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 CHECKPOINTS = ("best", "last")
-RUN_FILES = (CONFIG, METRICS, LAST, BEST, VAL_METRICS)
+RUN_FILES = (CONFIG, METRICS, LAST, BEST, VAL_METRICS, ENVIRONMENT)
 
 # What may change when a run is resumed; every other option must be the run's own.
-RESUMABLE = ("epochs", "device", "threads")
+RESUMABLE = ("epochs", "device", "threads", "checkpoint_minutes")
+LOCK = ".lock"  # held by the training that writes the folder
 
 
 class RunDir:
@@ -89,6 +100,13 @@ class RunDir:
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def record_environment(self, cfg: TrainConfig, resumed: bool) -> None:
+        """Append this session's software, machine and command line to environment.json."""
+        sessions = self.read_json(ENVIRONMENT) or []
+        sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resumed,
+                         **environment(cfg)})
+        self.write_json(ENVIRONMENT, sessions)
+
     # ---- starting and resuming -----------------------------------------------------------
 
     def holds_run(self) -> bool:
@@ -116,11 +134,43 @@ class RunDir:
             if overwrite:
                 for name in RUN_FILES:
                     (self.path / name).unlink(missing_ok=True)
-                for png in self.path.glob("*.png"):
-                    png.unlink()
+                for figure in (*self.path.glob("*.png"), *self.path.glob("*.pdf"),
+                               *self.path.glob("*.svg")):
+                    figure.unlink()
         except OSError as e:
             raise CnnrnnError(f"cannot prepare the run folder {self.path}: "
                               f"{e.strerror or e}") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's lock while training into it; a second training is refused at once.
+
+        An advisory lock (flock) on `.lock`: the system drops it when the process ends however
+        it ends, so a lock left by a killed process never blocks the next run.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise CnnrnnError(f"--out {self.path} is a file; give a folder for the run")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            f = open(self.path / LOCK, "a+")  # noqa: SIM115 - held until the block ends
+        except OSError as e:
+            raise CnnrnnError(f"cannot write to the run folder {self.path}: "
+                              f"{e.strerror or e}") from None
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise CnnrnnError(f"another training ({holder}) is writing to {self.path}; "
+                                  "wait for it to finish or choose another --out") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            f.flush()
+            yield
+        finally:
+            f.close()  # releases the lock
 
     def resume_config(self, **changes: Any) -> TrainConfig:
         """The config the run was started with (from last.pt), with the options that may change
@@ -129,7 +179,12 @@ class RunDir:
         if unknown:
             raise CnnrnnError(f"--resume continues with the run's own config; drop "
                               f"{', '.join(unknown)} (only {', '.join(RESUMABLE)} may change)")
-        cfg = self.saved_config("last")
+        state = self.load("last")
+        cfg = config_from_dict(state["config"])
+        epochs = changes.get("epochs")
+        if epochs is not None and epochs < state["epoch"]:
+            raise CnnrnnError(f"{self.path} has done {state['epoch']} epochs; --epochs must be "
+                              f"at least {state['epoch']} to resume it")
         given = {k: v for k, v in changes.items() if v is not None}
         return config_from_dict({**cfg.to_dict(), **given}) if given else cfg
 
@@ -143,3 +198,45 @@ class RunDir:
                                   f"with the same options (only {', '.join(RESUMABLE)} may "
                                   "change)")
         return state
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this package runs from, '+dirty' if it has changes; None for
+    an installed package or without git."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(cfg: TrainConfig) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config."""
+    import torch
+
+    from cnnrnn.version import __version__
+
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
+    return {"cnnrnn": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus,
+            "threads": torch.get_num_threads(), "device": cfg.device,
+            "command": sys.argv}

@@ -123,26 +123,32 @@ class Session:
 
 
 class _StopFlag:
-    """The first Ctrl-C asks the loop to stop at the next step boundary; a second one kills."""
+    """Ctrl-C (SIGINT) or SIGTERM (what timeout, Slurm, Kubernetes and docker stop send) asks the
+    loop to stop at the next step boundary and save; a second signal kills as usual."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested: str | None = None  # the signal's name once one came
 
     def __enter__(self) -> _StopFlag:
-        self._old = signal.getsignal(signal.SIGINT)
-        try:
-            signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-            self._old = None
+        self._old: dict[int, Any] = {}
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, signals behave as usual
+                self._old.pop(sig, None)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.requested = signal.Signals(signum).name
+        for sig, old in self._old.items():  # the next signal acts at once
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else old)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def training_step(task: Task, model: nn.Module, criterion: nn.Module, x: torch.Tensor,
@@ -173,6 +179,7 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     if not resume:
         run.start(overwrite)
     run.write_config(cfg)  # before training starts
+    run.record_environment(cfg, resumed=resume)
     data = task.prepare(cfg, load_fashion_mnist(data_dir))
     torch.manual_seed(cfg.seed)  # weight initialisation
     # resuming: a bare model, since last.pt brings every weight (and the encoder run it was
@@ -209,7 +216,7 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
         sums.update({k: st.partial[k] for k in ("loss_sum", "correct", "seen")})
         sums["step_times"] = list(st.partial["step_times"])
     reporter.epoch_start(epoch, s.steps_per_epoch, st.step_in_epoch)
-    t_step = time.perf_counter()
+    t_step = last_save = time.perf_counter()
     for x, y in s.data.train.epoch(epoch, st.step_in_epoch):
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         if cfg.channels_last:  # with one channel this changes strides, not data
@@ -237,12 +244,22 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
         sums["step_times"].append(now - t_step)
         t_step = now
         reporter.step(loss.item(), sums["correct"] / sums["seen"] if sums["counted"] else None)
-        if stop.requested and st.step_in_epoch < s.steps_per_epoch:
-            st.rng = torch.get_rng_state()
-            st.partial = {k: sums[k] for k in ("loss_sum", "correct", "seen", "step_times")}
-            s.run.save(s.checkpoint(st), "last")
+        if st.step_in_epoch == s.steps_per_epoch:
+            break  # the epoch's end saves
+        if stop.requested:
+            _save_mid_epoch(s, st, sums)
             return None
+        if cfg.checkpoint_minutes and now - last_save >= 60 * cfg.checkpoint_minutes:
+            _save_mid_epoch(s, st, sums)  # a kill loses at most checkpoint_minutes of work
+            last_save = now
     return sums
+
+
+def _save_mid_epoch(s: Session, st: RunState, sums: dict[str, Any]) -> None:
+    """last.pt at the exact position inside the epoch: the RNG state and the running sums."""
+    st.rng = torch.get_rng_state()
+    st.partial = {k: sums[k] for k in ("loss_sum", "correct", "seen", "step_times")}
+    s.run.save(s.checkpoint(st), "last")
 
 
 def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporter) -> None:
@@ -278,7 +295,7 @@ def _finish(s: Session) -> None:
     load_model_state(s.model, best, s.run.checkpoint_path("best"))
     val = validate(s.task, s.model, s.data, s.cfg, s.device, s.autocast)
     s.run.write_json(VAL_METRICS, val)
-    s.task.plot_run(s.run, s.run.read_history(), val)
+    s.task.plot_run(s.run, s.run.read_history(), val, s.cfg)
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -292,6 +309,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite:
     """
     run = RunDir(out)
     reporter = reporter or Reporter(enabled=False)
+    with run.lock():
+        return _train(cfg, run, resume, overwrite, data_dir, reporter)
+
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
+           data_dir: str | Path | None, reporter: Reporter) -> dict[str, Any]:
     s, st = _setup(cfg, run, resume, overwrite, data_dir)
     n_params = count_parameters(s.model)
     reporter.start(cfg, n_params, count_parameters(s.model, trainable_only=True), s.device,
@@ -308,7 +331,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite:
             if stop.requested:
                 stop_reason = "interrupted"
                 break
-    reporter.finish(stop_reason, run.path)
+    reporter.finish(stop_reason, run.path, stop.requested)
     if stop_reason == "finished":
         _finish(s)
     return {"stop": stop_reason, "best_metric": st.best_metric, "best_epoch": st.best_epoch,

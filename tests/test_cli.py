@@ -173,7 +173,7 @@ def test_every_train_flag_sets_a_config_key():
 
     params = set(inspect.signature(cli.train).parameters)
     not_config = {"task", "model", "config", "set_", "out", "resume", "overwrite", "data_dir",
-                  "quiet"}
+                  "quiet", "print_config"}
     assert params - not_config == set(cli.CONFIG_FLAGS)
     keys = {name: key_of(name) for name in cli.CONFIG_FLAGS}
     assert keys["beam_width"] == "multilabel.beam_width" and keys["lr"] == "lr"
@@ -189,3 +189,17 @@ def test_overwrite_and_taken_out_folder(runs, tmp_path, data_dir):
         "--data-dir", data_dir, *TINY)
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # the old run's two epochs are gone
+
+
+def test_compare_json_and_csv(runs, tmp_path, data_dir):
+    import csv
+    import io
+
+    rows = json.loads(cli("compare", runs["lstm"], runs["gru"], "--json", "--plot",
+                          tmp_path / "c.png", "--data-dir", data_dir))
+    assert [r["model"] for r in rows] == ["lstm", "gru"] and rows[0]["metric"] == "accuracy"
+    table = list(csv.DictReader(io.StringIO(cli(
+        "compare", runs["lstm"], runs["gru"], "--csv", "--label", "a", "--label", "b",
+        "--plot", tmp_path / "c.png", "--data-dir", data_dir))))
+    assert [r["run"] for r in table] == ["a", "b"]
+    assert float(table[1]["test"]) == pytest.approx(rows[1]["test"])

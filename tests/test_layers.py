@@ -31,15 +31,17 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "cnnrnn"
 # Floors, lowest first. A module may import modules on its own floor or below, never above.
 # "pkg.*" stands for every module of the package pkg; list "pkg" too for its __init__.
 FLOORS: dict[int, tuple[str, ...]] = {
-    # 0: the exception hierarchy that every other module raises from
-    0: ("cnnrnn.errors",),
+    # 0: the exception hierarchy that every other module raises from, and the version
+    0: ("cnnrnn.errors", "cnnrnn.version"),
     # 1: leaf utilities: progress reporting, devices and autocast, atomic files and recipe
-    #    paths, field checking, and the metrics, which work on plain arrays
+    #    paths, field checking, reading image files, and the metrics, which work on plain
+    #    arrays
     1: (
         "cnnrnn.progress",
         "cnnrnn.precision",
         "cnnrnn.files",
         "cnnrnn.schema",
+        "cnnrnn.images",
         "cnnrnn.metrics",
         "cnnrnn.metrics.*",
     ),

@@ -169,10 +169,17 @@ def train_val_split(n: int = 60000, val_size: int = 5000, seed: int = 0
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+DOWNLOAD_TIMEOUT = 30.0  # seconds to connect, and between two reads, before giving up
+
+
 def download(root: str | Path) -> Path:
     """Fetch the four files with torchvision into `<root>/FashionMNIST/raw` and verify them."""
+    import socket
+
     from torchvision.datasets import FashionMNIST as TVFashionMNIST
 
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # connect and read; torchvision sets none
     try:
         TVFashionMNIST(str(root), train=True, download=True)
         TVFashionMNIST(str(root), train=False, download=True)
@@ -180,5 +187,7 @@ def download(root: str | Path) -> Path:
         reason = " ".join(str(e).split())  # torchvision's message spans several lines
         raise DataError(f"download failed ({type(e).__name__}: {reason}); check the internet "
                         f"connection or copy the files by hand into {root}") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
     load_fashion_mnist(root)
     return Path(root) / "FashionMNIST" / "raw"

@@ -19,7 +19,7 @@ from torch import nn
 from cnnrnn.config import TrainConfig
 from cnnrnn.data.fashion_mnist import FashionMNIST
 from cnnrnn.data.loader import sequential_batches
-from cnnrnn.plots import plot_learning_curve
+from cnnrnn.plots import plot_learning_curve, run_title
 from cnnrnn.run_dir import LEARNING_CURVE, RunDir
 
 
@@ -135,12 +135,16 @@ class Task:
         return []
 
     def plot_run(self, run: RunDir, history: list[dict[str, Any]],
-                 val_metrics: dict[str, Any]) -> None:
-        """The figures of a finished run, from its saved history and validation metrics."""
-        plot_learning_curve(history, run / LEARNING_CURVE, self.primary)
+                 val_metrics: dict[str, Any], cfg: TrainConfig) -> None:
+        """The figures of a finished run, from its saved history and validation metrics; their
+        titles name the run folder and `cfg.model`."""
+        plot_learning_curve(history, run / LEARNING_CURVE, self.primary,
+                            title=run_title(run.path.resolve().name, cfg.model))
 
-    def plot_evaluation(self, result: dict[str, Any], run: RunDir) -> list[Path]:
-        """Figures of one evaluation (e.g. a confusion matrix); none by default."""
+    def plot_evaluation(self, result: dict[str, Any], run: RunDir, fmt: str = "png"
+                        ) -> list[Path]:
+        """Figures of one evaluation (e.g. a confusion matrix) in format `fmt` (png, pdf or
+        svg), written into the run folder; none by default."""
         return []
 
 

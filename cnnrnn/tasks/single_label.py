@@ -16,7 +16,7 @@ from cnnrnn.data.loader import IndexedBatches
 from cnnrnn.losses import CrossEntropy
 from cnnrnn.metrics.single_label import single_label_metrics
 from cnnrnn.models.registry import get_entry
-from cnnrnn.plots import plot_confusion_matrix
+from cnnrnn.plots import check_format, plot_confusion_matrix, run_title
 from cnnrnn.run_dir import CONFUSION_MATRIX, RunDir
 from cnnrnn.tasks.base import EvalOption, Task, TaskData
 
@@ -74,14 +74,18 @@ class SingleLabel(Task):
                 for name, acc in zip(CLASSES, result["per_class_accuracy"], strict=True)]
 
     def plot_run(self, run: RunDir, history: list[dict[str, Any]],
-                 val_metrics: dict[str, Any]) -> None:
-        super().plot_run(run, history, val_metrics)
+                 val_metrics: dict[str, Any], cfg: TrainConfig) -> None:
+        super().plot_run(run, history, val_metrics, cfg)
         plot_confusion_matrix(np.array(val_metrics["confusion_matrix"]), CLASSES,
                               run / CONFUSION_MATRIX,
-                              "validation confusion matrix (rows: true, normalised)")
+                              f"{run_title(run.path.resolve().name, cfg.model)}: "
+                              "validation confusion matrix")
 
-    def plot_evaluation(self, result: dict[str, Any], run: RunDir) -> list[Path]:
-        png = run / f"confusion_matrix_{result['split']}.png"
-        plot_confusion_matrix(np.array(result["confusion_matrix"]), CLASSES, png,
-                              f"{result['split']} confusion matrix (rows: true, normalised)")
-        return [png]
+    def plot_evaluation(self, result: dict[str, Any], run: RunDir, fmt: str = "png"
+                        ) -> list[Path]:
+        split = {"val": "validation"}.get(result["split"], result["split"])
+        out = run / f"confusion_matrix_{result['split']}.{check_format(fmt)}"
+        plot_confusion_matrix(np.array(result["confusion_matrix"]), CLASSES, out,
+                              f"{run_title(run.path.resolve().name, result['model'])}: "
+                              f"{split} confusion matrix")
+        return [out]

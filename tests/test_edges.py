@@ -1,0 +1,302 @@
+"""The edges a user meets: nothing lost (locks, SIGTERM, mid-epoch checkpoints, interrupted
+pretraining, full disks) and nothing cryptic (one line for every mistake), mostly through the
+public CLI as the user meets them."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnrnn.checkpoint import load_checkpoint, save_checkpoint
+from cnnrnn.cli import app
+from cnnrnn.config import load_config
+from cnnrnn.errors import CnnrnnError
+from cnnrnn.files import atomic_write
+from cnnrnn.progress import Reporter
+from cnnrnn.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+OLD_BCE = REPO / "tests" / "fixtures" / "old_runs" / "bce"
+TINY = ["--model", "gru", "--limit-train", "256", "--batch-size", "64", "--set", "val_size=500",
+        "--set", "model.hidden_size=16", "--quiet"]
+runner = CliRunner()
+
+
+def cli(*args) -> str:
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def cnnrnn(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnrnn", *map(str, args)], capture_output=True,
+                          text=True, **kwargs)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("edges") / "gru"
+    cli("train", "--epochs", "1", "--out", out, "--data-dir", data_dir, *TINY)
+    return out
+
+
+# ---- nothing lost --------------------------------------------------------------------------
+
+def test_a_second_training_into_the_same_folder_is_refused(tmp_path, data_dir):
+    out = tmp_path / "locked"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from cnnrnn.run_dir import RunDir\n"
+        f"with RunDir({str(out)!r}).lock():\n"
+        "    print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = cnnrnn("train", "--epochs", "1", "--out", out, "--data-dir", data_dir, *TINY)
+        one_line_error(proc, f"another training (pid {holder.pid} on ")
+    finally:
+        holder.kill()  # a dead holder leaves a stale lock file behind
+        holder.wait()
+    assert (out / ".lock").exists()
+    cli("train", "--epochs", "1", "--out", out, "--data-dir", data_dir, *TINY)
+    assert (out / "best.pt").is_file()
+
+
+def test_sigterm_saves_and_the_run_resumes(tmp_path, data_dir):
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "cnnrnn", "train", "--epochs", "200",
+                             "--out", str(out), "--data-dir", str(data_dir), *TINY[:-1]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted by SIGTERM: checkpoint saved" in err
+    done = load_checkpoint(out / "last.pt")["epoch"]
+    assert 1 <= done < 200
+    cli("train", "--resume", out, "--epochs", done + 1, "--data-dir", data_dir, "--quiet")
+    assert load_checkpoint(out / "last.pt")["epoch"] == done + 1
+    sessions = json.loads((out / "environment.json").read_text())
+    assert [s["resumed"] for s in sessions] == [False, True]
+    assert sessions[0]["command"][1:3] == ["train", "--epochs"]  # the command line as typed
+
+
+class CrashAfter(Reporter):
+    """A crash that no handler sees (an exception out of the step), after `n` steps."""
+
+    def __init__(self, n: int):
+        super().__init__(enabled=False)
+        self.n = n
+
+    def step(self, loss: float, accuracy: float | None) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise RuntimeError("power cut")
+
+
+def test_mid_epoch_checkpoints_lose_at_most_their_interval(tmp_path, data_dir):
+    over = {"limit_train": 512, "val_size": 500, "batch_size": 64, "model.hidden_size": 16,
+            "model.dropout": 0.2, "model.num_layers": 2, "epochs": 2}
+    train(load_config("single-label", "gru", overrides=over), tmp_path / "straight",
+          data_dir=data_dir)
+    cfg = load_config("single-label", "gru", overrides={**over, "checkpoint_minutes": 1e-9})
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cfg, tmp_path / "cut", data_dir=data_dir, reporter=CrashAfter(11))
+    state = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)  # saved after step 10 of 16
+    cli("train", "--resume", tmp_path / "cut", "--data-dir", data_dir, "--quiet")
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the crash cost nothing but time
+
+
+class InterruptAfter(Reporter):
+    def __init__(self, n: int):
+        super().__init__(enabled=False)
+        self.n = n
+
+    def step(self, loss: float, accuracy: float | None) -> None:
+        self.n -= 1
+        if self.n == 0:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_during_encoder_pretraining_stops_the_command(tmp_path, data_dir, monkeypatch):
+    from cnnrnn.encoders import Interrupted, prepare
+
+    monkeypatch.setenv("CNNRNN_CACHE", str(tmp_path / "cache"))
+    cfg = load_config("multilabel", overrides={
+        "val_size": 200, "model.encoder_width": 0.0625, "multilabel.encoder_epochs": 1,
+        "multilabel.encoder_limit_train": 512})
+    with pytest.raises(Interrupted, match="interrupted while pretraining the encoder; run the "
+                                          "same command again"):
+        prepare(cfg, data_dir=data_dir, reporter=InterruptAfter(2))
+    ready = prepare(cfg, data_dir=data_dir)  # the next run resumes the pretraining
+    assert Path(ready.multilabel.encoder_checkpoint, "best.pt").is_file()
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "last.pt"
+
+    def full_disk(f) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CnnrnnError, match=r"no space left on the device of .*; free some "
+                                          r"space and run again \(last.pt was not written\)"):
+        atomic_write(target, full_disk)
+    assert list(tmp_path.iterdir()) == []
+    atomic_write(target, b"ok")
+    assert target.read_bytes() == b"ok" and list(tmp_path.iterdir()) == [target]
+
+
+# ---- nothing cryptic -----------------------------------------------------------------------
+
+def test_resume_with_fewer_epochs_than_done(run, tmp_path, data_dir):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    cli("train", "--resume", copy, "--epochs", "2", "--data-dir", data_dir, "--quiet")
+    one_line_error(cnnrnn("train", "--resume", copy, "--epochs", "1"),
+                   "has done 2 epochs; --epochs must be at least 2")
+
+
+def test_bad_paths_and_devices_are_one_line(run, tmp_path, data_dir):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    one_line_error(cnnrnn("train", "--epochs", "1", "--out", a_file, "--data-dir", data_dir,
+                          *TINY), "is a file; give a folder for the run")
+    one_line_error(cnnrnn("train", "--epochs", "1", "--out", a_file / "run", "--data-dir",
+                          data_dir, *TINY), "cannot write to the run folder")
+    one_line_error(cnnrnn("evaluate", run, "--device", "tpu"), "unknown device 'tpu'")
+    one_line_error(cnnrnn("train", "--device", "tpu"), "device = 'tpu' is not one of")
+    one_line_error(cnnrnn("train", "--set", "grad_clip=-1"), "grad_clip must be >= 0")
+    one_line_error(cnnrnn("train", "--set", "multilabel.beam_width=2"),
+                   "[multilabel] options apply to --task multilabel")
+    one_line_error(cnnrnn("compare", run, OLD_BCE), "compare runs of one task at a time")
+    one_line_error(cnnrnn("data", "mosaics", "--n", "0", "--out", tmp_path / "m.npz"),
+                   "--n must be at least 1")
+    one_line_error(cnnrnn("data", "mosaics", "--n", "10000000000", "--out", tmp_path / "m.npz"),
+                   "GiB of memory and this machine has")
+
+
+def test_an_edited_config_toml_is_named(run, tmp_path, data_dir):
+    copy = tmp_path / "edited"
+    shutil.copytree(run, copy)
+    text = (copy / "config.toml").read_text().replace("lr = 0.002", "lr = 0.5")
+    (copy / "config.toml").write_text(text)
+    proc = cnnrnn("evaluate", copy, "--json", "--data-dir", data_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "config.toml differs from the config stored in best.pt (lr); using the checkpoint's" \
+        in proc.stderr
+    assert json.loads(proc.stdout)["accuracy"] > 0
+
+
+def test_an_absurd_stored_model_is_refused_before_allocation(run, tmp_path):
+    copy = tmp_path / "absurd"
+    shutil.copytree(run, copy)
+    state = load_checkpoint(copy / "best.pt")
+    state["config"]["model"]["hidden_size"] = 10**7
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, copy / "best.pt")
+    toml = (copy / "config.toml").read_text().replace("hidden_size = 16", "hidden_size = 10000000")
+    (copy / "config.toml").write_text(toml)
+    one_line_error(cnnrnn("evaluate", copy), "describes a gru of 300,001,000,000,010 parameters")
+
+
+def test_download_failure_is_one_line_and_has_a_timeout(tmp_path, monkeypatch):
+    import socket
+
+    import torchvision.datasets
+
+    from cnnrnn.data.fashion_mnist import DOWNLOAD_TIMEOUT, download
+    from cnnrnn.errors import DataError
+
+    seen = []
+
+    def hangs(*args, **kwargs):
+        seen.append(socket.getdefaulttimeout())
+        raise TimeoutError("The read operation timed out")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", hangs)
+    with pytest.raises(DataError, match=r"download failed \(TimeoutError: The read operation "
+                                        r"timed out\); check the internet connection"):
+        download(tmp_path)
+    assert seen == [DOWNLOAD_TIMEOUT] and socket.getdefaulttimeout() is None
+
+
+def test_version_models_and_print_config(tmp_path):
+    from cnnrnn.version import __version__
+
+    assert cli("--version").strip() == f"cnnrnn {__version__}"
+    out = cli("models")
+    assert "lstm" in out and "325,138 parameters" in out and "configs/multilabel/bce.toml" in out
+    printed = cli("train", "--model", "gru", "--set", "model.hidden_size=8", "--print-config",
+                  "--out", tmp_path / "never")
+    assert "hidden_size = 8" in printed and not (tmp_path / "never").exists()
+    ml = cli("train", "--task", "multilabel", "--encoder-checkpoint", OLD_BCE, "--print-config")
+    assert "encoder_width = 0.0625" in ml  # read from the encoder's checkpoint
+
+
+def test_commands_and_their_help_run(tmp_path):
+    for args in (["--help"], ["train", "--help"], ["analyze", "errors", "--help"],
+                 ["data", "mosaics", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.stdout, args
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a folder whose permission root ignores")
+def test_oserror_reaching_the_cli_is_one_line(run, tmp_path, monkeypatch):
+    # a folder given where a file is expected: the .npy reader is handed a folder
+    one_line_error(cnnrnn("predict", run, tmp_path), str(tmp_path))
+
+
+# ---- what a research CLI records and shows -------------------------------------------------
+
+def test_progress_without_a_terminal_is_plain_lines(tmp_path, data_dir):
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    reporter = Reporter(console=Console(file=buf, soft_wrap=True), plain_every=0.0)
+    cfg = load_config("single-label", "gru", overrides={
+        "limit_train": 512, "val_size": 500, "batch_size": 64, "model.hidden_size": 16,
+        "epochs": 1})
+    train(cfg, tmp_path / "run", data_dir=data_dir, reporter=reporter)
+    lines = buf.getvalue().splitlines()
+    steps = [x for x in lines if x.startswith("epoch 1 step ")]
+    assert steps and steps[0].startswith("epoch 1 step 1/8 loss ")
+    assert "steps/s, " in steps[0] and steps[0].endswith(" left")
+    assert any("val acc" in x for x in lines)  # the epoch table names its metric
+    assert all(len(x) <= 80 for x in lines if "run folder" not in x), lines
+
+
+def test_the_run_folder_records_its_environment(run):
+    import platform
+
+    from cnnrnn.version import __version__
+
+    sessions = json.loads((run / "environment.json").read_text())
+    assert len(sessions) == 1 and sessions[0]["resumed"] is False
+    env = sessions[0]
+    assert env["cnnrnn"] == __version__ and env["torch"] == torch.__version__
+    assert env["python"] == platform.python_version() and env["threads"] >= 1
+    assert env["cpu"] and isinstance(env["command"], list) and env["command"]
+    assert env["git_commit"] is None or len(env["git_commit"].split("+")[0]) == 40

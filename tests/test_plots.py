@@ -1,0 +1,154 @@
+"""Figures: written only when asked, in the format asked for, with readable axes and titles."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cnnrnn import plots
+from cnnrnn.cli import app
+
+runner = CliRunner()
+FIGURES = ("*.png", "*.pdf", "*.svg")
+
+
+def cli(*args: object) -> tuple[str, str]:
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout, result.stderr
+
+
+def cnnrnn_error(*args: object) -> str:
+    """The one line a user mistake prints, after checking exit status 2."""
+    proc = subprocess.run([sys.executable, "-m", "cnnrnn", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 2, (args, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def figures(folder: Path) -> set[str]:
+    return {p.name for pattern in FIGURES for p in folder.glob(pattern)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("plots") / "gru-tiny"
+    cli("train", "--model", "gru", "--epochs", "2", "--limit-train", "256", "--batch-size", "64",
+        "--set", "val_size=500", "--set", "model.hidden_size=16", "--quiet", "--out", out,
+        "--data-dir", data_dir)
+    return out
+
+
+def history(metric: str, values: list[float]) -> list[dict]:
+    return [{"epoch": i + 1, "train_loss": 2.0 - i / 10, "val_loss": 2.1 - i / 10,
+             "train_accuracy": v if metric == "accuracy" else None, f"val_{metric}": v}
+            for i, v in enumerate(values)]
+
+
+def epoch_ticks(ax) -> list[float]:
+    """The x ticks inside the axes' limits (matplotlib also lists some outside)."""
+    low, high = ax.get_xlim()
+    return [t for t in ax.get_xticks() if low <= t <= high]
+
+
+def test_training_writes_its_figures(run):
+    assert figures(run) == {"learning_curve.png", "confusion_matrix.png"}
+
+
+def test_evaluate_writes_figures_only_when_asked(run, data_dir):
+    before = figures(run)
+    cli("evaluate", run, "--split", "val", "--data-dir", data_dir)
+    assert figures(run) == before
+    stdout, _ = cli("evaluate", run, "--split", "val", "--plots", "--format", "pdf",
+                    "--data-dir", data_dir)
+    assert (run / "confusion_matrix_val.pdf").read_bytes()[:4] == b"%PDF"
+    assert f"figure: {run / 'confusion_matrix_val.pdf'}" in stdout
+    stdout, stderr = cli("evaluate", run, "--split", "val", "--json", "--plots", "--format",
+                         "svg", "--data-dir", data_dir)
+    assert stdout.startswith("{") and "figure:" not in stdout
+    assert stderr.strip() == f"figure: {run / 'confusion_matrix_val.svg'}"
+
+
+def test_compare_with_labels_and_svg(run, tmp_path, data_dir):
+    out = tmp_path / "curves.svg"
+    stdout, _ = cli("compare", run, run, "--label", "first GRU", "--label", "second GRU",
+                    "--plot", out, "--data-dir", data_dir)
+    lines = stdout.strip().splitlines()
+    assert lines[2].startswith("| first GRU | gru |") and lines[3].startswith("| second GRU |")
+    text = out.read_text()
+    assert text.startswith("<?xml") or "<svg" in text
+
+
+def test_compare_figure_has_run_labels_integer_epochs_and_percent():
+    fig = plots.compare_figure({"a": history("accuracy", [0.5, 0.6, 0.7]),
+                                "b": history("accuracy", [0.4, 0.5, 0.8])}, "accuracy")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert "%" in ax.get_ylabel()
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([50, 60, 70])
+    fig.canvas.draw()
+    assert epoch_ticks(ax) == [1, 2, 3]
+
+
+def test_learning_curve_integer_epochs_percent_and_title():
+    fig = plots.learning_curve_figure(history("accuracy", [0.3, 0.5]), "accuracy",
+                                      plots.run_title("lstm-20261201", "lstm"))
+    fig.canvas.draw()
+    for ax in fig.axes:  # two epochs: ticks 1 and 2 only, never 1.25 or 1.5
+        assert epoch_ticks(ax) == [1, 2]
+    assert "%" in fig.axes[1].get_ylabel()
+    assert list(fig.axes[1].lines[-1].get_ydata()) == pytest.approx([30, 50])
+    assert fig._suptitle.get_text() == "lstm-20261201 (lstm)"
+    multilabel = plots.learning_curve_figure(history("O-F1", [0.3, 0.5]), "O-F1")
+    assert "%" not in multilabel.axes[1].get_ylabel()  # O-F1 stays 0..1
+    assert list(multilabel.axes[1].lines[-1].get_ydata()) == pytest.approx([0.3, 0.5])
+
+
+def test_confusion_matrix_in_percent_of_the_row():
+    cm = np.array([[3, 1], [0, 2]])
+    fig = plots.confusion_matrix_figure(cm, ["cat", "dog"], "run (cnn): test confusion matrix")
+    ax = fig.axes[0]
+    assert ax.get_title() == "run (cnn): test confusion matrix"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog"]
+    assert [t.get_text() for t in ax.texts] == ["75.0", "25.0", "0.0", "100.0"]
+
+
+def test_mosaic_cells_have_borders():
+    fig = plots.image_grid_figure(np.zeros((2, 56, 56), np.uint8), ["a", "b"], ncols=2, cell=28)
+    for ax in fig.axes:  # one line across and one down, on the pixel edge between the cells
+        assert sorted(tuple(line.get_xdata()) + tuple(line.get_ydata()) for line in ax.lines
+                      ) == [(0, 1, 27.5, 27.5), (27.5, 27.5, 0, 1)]
+
+
+def test_data_show_seed_chooses_the_mosaics(tmp_path, data_dir):
+    npz = tmp_path / "m.npz"
+    cli("data", "mosaics", "--split", "test", "--n", "20", "--out", npz, "--data-dir", data_dir)
+    drawn = {}
+    for seed in (0, 1):
+        cli("data", "show", "--mosaics", npz, "--n", "4", "--seed", seed, "--out",
+            tmp_path / f"{seed}.png")
+        drawn[seed] = (tmp_path / f"{seed}.png").read_bytes()
+    assert drawn[0][:4] == b"\x89PNG" and drawn[0] != drawn[1]
+
+
+def test_figure_mistakes_are_one_line(run, tmp_path):
+    cases = [
+        (["compare", run, run, "--label", "one"], "1 --label for 2 runs"),
+        (["compare", run, run], "two runs are both named 'gru-tiny'; .* --label"),
+        (["compare", run, "--plot", tmp_path / "c.gif"], r"c\.gif: name a \.png, \.pdf or \.svg"),
+        (["evaluate", run, "--plots", "--format", "gif"], "unknown figure format 'gif'"),
+        (["data", "show", "--n", "0", "--out", tmp_path / "s.png"], "--n must be at least 1"),
+    ]
+    for args, message in cases:
+        assert re.search(message, cnnrnn_error(*args))
+    assert not (tmp_path / "c.gif").exists()

@@ -1,0 +1,93 @@
+"""The README and docs/ commands run as written: every `cnnrnn ...` line in a code block parses
+against today's CLI (command, options, their values and config keys), and the README's
+multilabel example runs end to end at tiny size."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cnnrnn.cli import app
+from cnnrnn.config import load_config, parse_set
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "paper_notes.md"]
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(where, argv) of every `cnnrnn` line in the docs' fenced code blocks."""
+    found = []
+    for path in DOCS:
+        in_block = False
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.startswith("```"):
+                in_block = not in_block
+                continue
+            if in_block and line.startswith("cnnrnn "):
+                argv = shlex.split(line.split("  #")[0], comments=True)
+                found.append((f"{path.name}:{i}", argv[1:]))
+    return found
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_show_commands():
+    assert len(COMMANDS) > 20
+
+
+@pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_documented_command_parses(where, argv):
+    cmd, name, rest = typer.main.get_command(app), "cnnrnn", list(argv)
+    while isinstance(cmd, click.Group):  # `cnnrnn data mosaics`, `cnnrnn analyze errors`
+        sub = cmd.get_command(click.Context(cmd), rest[0])
+        assert sub is not None, f"{where}: no command {rest[0]!r} in `{name}`"
+        cmd, name, rest = sub, rest[0], rest[1:]
+    try:
+        params = cmd.make_context(name, rest).params
+    except click.UsageError as e:
+        pytest.fail(f"{where}: `cnnrnn {' '.join(argv)}`: {e.format_message()}")
+    if name == "train" and not params.get("resume"):
+        # every --set key and the recipe it overrides are valid
+        over = parse_set(params.get("set_") or [])
+        load_config(params["task"], params.get("model"), overrides={
+            k: v for k, v in over.items() if not k.startswith("multilabel.encoder")})
+
+
+def test_readme_multilabel_example_runs_as_written(tmp_path, data_dir, monkeypatch):
+    """The README's mosaics -> train -> evaluate -> predict -> analyze chain, at tiny size."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, [*args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    d = ["--data-dir", str(data_dir)]
+    run("train", "--model", "vgg16", "--epochs", "1", "--limit-train", "256", "--set",
+        "val_size=200", "--set", "model.width=0.0625", "--out", "enc", "--quiet", *d)
+    tiny = ["--epochs", "1", "--limit-train", "128", "--batch-size", "64", "--set",
+            "val_size=200", "--set", "multilabel.val_mosaics=100", "--set",
+            "multilabel.test_mosaics=100", "--encoder-checkpoint", "enc", "--quiet", *d]
+    readme = (REPO / "README.md").read_text()
+    lines = [x for x in readme.splitlines() if x.startswith("cnnrnn ")]
+    assert any("data mosaics --split test --n 12 --out mosaics.npz" in x for x in lines)
+    run("data", "mosaics", "--split", "test", "--n", "12", "--out", "mosaics.npz", *d)
+    run("train", "--task", "multilabel", "--out", "runs/cnn-rnn-x", *tiny,
+        "--set", "model.hidden_size=16")
+    run("train", "--task", "multilabel", "--model", "bce", "--out", "runs/bce-x", *tiny)
+    result = json.loads(run("evaluate", "runs/cnn-rnn-x", "--json", *d))
+    assert 0 <= result["O-F1"] <= 1
+    pred = json.loads(run("predict", "runs/cnn-rnn-x", "mosaics.npz"))
+    assert len(pred["label_sets"]) == 12 and pred["names"][0] == "mosaics.npz[0]"
+    table = run("analyze", "errors", "runs/cnn-rnn-x", "runs/bce-x", *d)
+    assert len(table.strip().splitlines()) == 4
+    assert re.search(r"\| runs/cnn-rnn-x \|", table)
