@@ -104,6 +104,12 @@ def train(
              "or a multilabel run)")] = None,
     encoder_weights: Annotated[Path | None, typer.Option(
         help="multilabel: a torchvision vgg16/vgg16_bn state_dict file")] = None,
+    loss: Annotated[str | None, typer.Option(
+        help="single-label: cross-entropy, soft-labels or expected-cost (these two need "
+        "--costs)")] = None,
+    costs: Annotated[str | None, typer.Option(
+        help="A class-cost matrix, 'hierarchy' or a CSV/JSON file (`cnnrnn analyze costs`): "
+        "for the severity-aware losses, the CRM decision and the severity metrics")] = None,
     finetune_encoder: Annotated[bool | None, typer.Option(
         "--finetune-encoder/--freeze-encoder",
         help="multilabel: train the encoder with the decoder (the recipes' default) "
@@ -131,7 +137,7 @@ def train(
 
     reporter = Reporter(enabled=not quiet)
     flags = {name: value for name, value in locals().items() if name in CONFIG_FLAGS}
-    overrides = {key_of(name): str(v) if isinstance(v, Path) else v
+    overrides = {key_of(name, task): str(v) if isinstance(v, Path) else v
                  for name, v in flags.items() if v is not None}
     overrides.update(parse_set(set_ or []))
     if resume is not None:
@@ -182,7 +188,7 @@ def _print_config(cfg: object, explicit: set[str]) -> None:
 # (`cnnrnn.config.key_of`), so `--beam-width` sets `multilabel.beam_width`.
 CONFIG_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay", "seed",
                 "device", "precision", "limit_train", "prior", "order", "beam_width",
-                "encoder_checkpoint", "encoder_weights", "finetune_encoder")
+                "encoder_checkpoint", "encoder_weights", "finetune_encoder", "loss", "costs")
 
 
 @app.command()
@@ -196,6 +202,12 @@ def evaluate(
     tta: Annotated[bool | None, typer.Option(
         "--tta/--no-tta", help="single-label runs: also read the mirrored image (default: "
         "the run's tta_flip)")] = None,
+    costs: Annotated[str | None, typer.Option(
+        help="A class-cost matrix (CSV/JSON file, or 'hierarchy'): adds mistake severity and "
+        "hdist@1/3 (single-label) or the set severity (multilabel)")] = None,
+    decision: Annotated[str | None, typer.Option(
+        help="single-label runs: argmax, or crm (the class of least expected cost under "
+        "--costs, else the run's own costs)")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     plots: Annotated[bool, typer.Option(
         help="Also write the task's figures (single-label: the confusion matrix) into the run "
@@ -214,7 +226,8 @@ def evaluate(
     from cnnrnn.evaluate import evaluate_run
 
     result = evaluate_run(run, split, data_dir, checkpoint, device,
-                          {"beam_width": beam_width, "tta_flip": tta}, say=_note)
+                          {"beam_width": beam_width, "tta_flip": tta, "costs": costs,
+                           "decision": decision}, say=_note)
     if as_json:
         _echo_json(result)
         if plots:
@@ -243,6 +256,11 @@ def predict(
     out: Annotated[Path | None, typer.Option(help="Write the JSON here instead of stdout")
                    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "cpu",
+    decision: Annotated[str | None, typer.Option(
+        help="single-label runs: argmax, or crm (least expected cost under --costs, else the "
+        "run's own costs)")] = None,
+    costs: Annotated[str | None, typer.Option(
+        help="The class-cost matrix of --decision crm (a file or 'hierarchy')")] = None,
 ) -> None:
     """Predict the classes (or label sets) of images; the JSON names each image."""
     from cnnrnn.config import CHOICES
@@ -255,7 +273,8 @@ def predict(
         raise CnnrnnError(f"--out {out} is a folder; give a file, e.g. {out / 'preds.json'}")
     if out is not None and not out.parent.is_dir():
         raise CnnrnnError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    result = predict_run(run, inputs, device, invert)
+    result = predict_run(run, inputs, device, invert,
+                         options={"decision": decision, "costs": costs})
     if out:
         atomic_write(out, json.dumps(result))
         typer.echo(f"wrote {out}", err=True)
@@ -313,6 +332,33 @@ def compare(
     plot_compare({name: RunDir(r).read_history() for name, r in zip(labels, runs, strict=True)},
                  plot, rows[0]["metric"])
     typer.echo(f"wrote {plot}", err=True)
+
+
+@app.command()
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated: rnn,lstm,gru,cnn,vgg16,cnn-rnn (default all)")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="Timed steps per measurement (default 20; 2 with --tiny)")] = None,
+    threads: Annotated[int, typer.Option(help="torch CPU threads; 0 = torch's default")] = 0,
+    tiny: Annotated[bool, typer.Option(
+        help="A few steps at batch 16 on 256 images: seconds, for tests, not for numbers")
+                    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """CPU training speed of each model, cnnrnn's way against the plain PyTorch way.
+
+    Run it on an idle machine: a benchmark beside another job measures both.
+    """
+    from cnnrnn.bench import bench_size, format_report, parse_models, run_bench
+
+    names = parse_models(models)
+    result = run_bench(names, bench_size(tiny, steps), data_dir, threads, say=_note)
+    if as_json:
+        _echo_json(result)
+    else:
+        typer.echo(format_report(result), nl=False)
 
 
 @data_app.command("check")
@@ -404,6 +450,64 @@ def analyze_errors(
         _echo_json(rows)
     else:
         typer.echo(markdown_table(rows), nl=False)
+
+
+@analyze_app.command("embeddings")
+def analyze_embeddings(
+    run: Annotated[Path, typer.Argument(help="A cnn-rnn run, or any run with a linear head")],
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default RUN/analysis/embeddings)")] = None,
+    seed: Annotated[int, typer.Option(help="UMAP seed: the same seed gives the same map")] = 0,
+    n: Annotated[int, typer.Option(help="Test images (or mosaics) per UMAP map")] = 2000,
+    data_dir: DataDir = None,
+) -> None:
+    """Label embeddings: distances (CSV, JSON), clustered heatmaps, dendrogram, UMAP maps."""
+    if n < 10:
+        raise CnnrnnError(f"--n must be at least 10 (a map of fewer points says little), got {n}")
+    from cnnrnn.analysis.embeddings import analyze_embeddings as analyze
+    from cnnrnn.data.fashion_mnist import load_fashion_mnist
+
+    result = analyze(run, load_fashion_mnist(data_dir), out, seed, n)
+    for path in result["files"]:
+        typer.echo(f"wrote {path}")
+    typer.echo(f"clustered order: {', '.join(result['cluster_order'])}")
+
+
+@analyze_app.command("costs")
+def analyze_costs(
+    source: Annotated[str, typer.Argument(help="hierarchy, embeddings or confusion")],
+    run: Annotated[Path | None, typer.Argument(
+        help="The run whose embeddings or validation confusion give the costs")] = None,
+    out: Annotated[Path, typer.Option(help="Cost file to write (.csv; a .json beside it)")
+                   ] = Path("costs.csv"),
+    metric: Annotated[str, typer.Option(help="embeddings: cosine or euclidean")] = "cosine",
+) -> None:
+    """Make a (10, 10) class-cost matrix: zero diagonal, symmetric, maximum 1."""
+    from cnnrnn.analysis.costs import costs_from
+    from cnnrnn.costs import write_costs
+
+    matrix, where = costs_from(source, run, metric)
+    for path in write_costs(out, matrix, where):
+        typer.echo(f"wrote {path}")
+
+
+@analyze_app.command("compare-costs")
+def analyze_compare_costs(
+    files: Annotated[list[Path], typer.Argument(help="Cost files (CSV/JSON) or 'hierarchy'")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Spearman rank correlation between cost matrices, and which sanity orders hold."""
+    from cnnrnn.analysis.costs import compare_costs, markdown
+    from cnnrnn.costs import load_costs
+
+    if len(files) < 2:
+        raise CnnrnnError("give at least two cost matrices to compare")
+    matrices = {Path(f).stem: load_costs(f) for f in files}
+    result = compare_costs(matrices)
+    if as_json:
+        _echo_json(result)
+    else:
+        typer.echo(markdown(result), nl=False)
 
 
 def main() -> None:

@@ -35,6 +35,8 @@ CHOICES = {
     "precision": ("fp32", "bf16", "fp16"),
 }
 ORDERS = ("frequency", "rare-first", "random", "pla")
+LOSSES = ("cross-entropy", "soft-labels", "expected-cost")
+DECISIONS = ("argmax", "crm")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -56,6 +58,13 @@ class SingleLabelConfig:
     random_erasing: float = 0.0  # chance per image of one random-noise rectangle
     label_smoothing: float = 0.0  # of the cross-entropy targets
     tta_flip: bool = False  # evaluation: average the logits of x and its mirror
+    # Making better mistakes (cnnrnn/costs.py): a class-cost matrix, by name ("hierarchy") or a
+    # CSV/JSON file, read by the severity-aware losses, the CRM decision and the metrics.
+    costs: str = ""
+    loss: str = "cross-entropy"  # cross-entropy | soft-labels | expected-cost
+    beta: float = 6.0  # soft labels: target = softmax(-beta * C[y])
+    cost_weight: float = 1.0  # expected cost: loss = CE + cost_weight * sum_j p_j C[y, j]
+    decision: str = "argmax"  # argmax | crm (the class of least expected cost)
 
     def validate(self) -> None:
         if not 0 <= self.label_smoothing < 1:
@@ -63,6 +72,19 @@ class SingleLabelConfig:
         if not 0 <= self.random_erasing <= 1:
             raise ConfigError(
                 f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
+        _check_choice("single_label.loss", self.loss, LOSSES)
+        _check_choice("single_label.decision", self.decision, DECISIONS)
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ConfigError(f"single_label.beta must be a finite number > 0, got {self.beta}")
+        _check_min({"single_label.cost_weight": self.cost_weight}, 0)
+        needs = [f"{k} = {v!r}" for k, v in (("loss", self.loss), ("decision", self.decision))
+                 if v in ("soft-labels", "expected-cost", "crm")]
+        if needs and not self.costs:
+            raise ConfigError(f"single_label.{needs[0]} needs a cost matrix: set "
+                              "single_label.costs to 'hierarchy' or a cost file (--costs FILE)")
+        if self.loss == "soft-labels" and self.label_smoothing:
+            raise ConfigError("soft labels replace label smoothing; set one of "
+                              "single_label.loss = 'soft-labels' and label_smoothing")
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,7 @@ class MultilabelConfig:
     finetune_encoder: bool = False  # train the encoder too (else frozen)
     encoder_epochs: int = 6  # epochs of the automatic single-label pretraining
     encoder_limit_train: int = 0  # images for that pretraining; 0 = all
+    costs: str = ""  # evaluation: a class-cost matrix for the set severity (cnnrnn/costs.py)
 
     def validate(self) -> None:
         _check_choice("multilabel.order", self.order, ORDERS)
@@ -160,15 +183,18 @@ class TrainConfig:
 _TOP_SKIP = ("model_args", *(table for table, _ in TASK_TABLES.values()))
 
 
-def key_of(name: str) -> str:
-    """The dotted config key of a CLI flag's name: a top-level option, else the one task option
-    of that name (`beam_width` -> `multilabel.beam_width`). The CLI's flags are read this way,
-    so the schema here is the only list of them."""
+def key_of(name: str, task: str | None = None) -> str:
+    """The dotted config key of a CLI flag's name: a top-level option, else the task option of
+    that name (`beam_width` -> `multilabel.beam_width`; a name both tasks have, such as
+    `costs`, is `task`'s). The CLI's flags are read this way, so the schema here is the only
+    list of them."""
     names = {f.name for f in dataclasses.fields(TrainConfig)} - set(_TOP_SKIP)
     if name in names:
         return name
-    found = [f"{table}.{name}" for table, cls in TASK_TABLES.values()
+    found = [f"{table}.{name}" for t, (table, cls) in TASK_TABLES.items()
              if name in {f.name for f in dataclasses.fields(cls)}]
+    if len(found) > 1 and task in TASK_TABLES:
+        found = [k for k in found if k.startswith(TASK_TABLES[task][0] + ".")]
     if len(found) != 1:
         raise ConfigError(f"no single config key is named {name!r} (found {found or 'none'})")
     return found[0]

@@ -1,10 +1,12 @@
 """The pretrained encoder of a multilabel run, prepared before its training starts.
 
 `prepare(cfg)` returns the config the run trains with:
-- with `--encoder-checkpoint RUN`: the encoder architecture (width, batch norm) is read from
-  that run's checkpoint and taken over; an explicit, different `--set model.encoder_width` (or
-  `encoder_batch_norm`) is an error that says which is which;
-- with `--encoder-weights FILE` (torchvision VGG-16): width 1.0;
+- with `--encoder-checkpoint RUN`: the encoder architecture (width, batch norm, input
+  normalisation) is read from that run's checkpoint and taken over; an explicit, different
+  `--set model.encoder_width` (or `encoder_batch_norm`, `encoder_input`) is an error that says
+  which is which;
+- with `--encoder-weights FILE` (torchvision VGG-16): width 1.0 and ImageNet's input
+  normalisation (`encoder_input = "imagenet"`);
 - with neither: a single-label vgg16 run pretrained once, announced, cached under
   `~/.cache/cnnrnn/encoders/` (`$CNNRNN_CACHE`), and reused by later runs.
 The encoder run it used is recorded in the config (and so in the new run's config.toml). This is
@@ -80,8 +82,7 @@ def pretrained_encoder_run(cfg: TrainConfig, data_dir: str | Path | None,
 def _take_over(cfg: TrainConfig, arch: EncoderArchitecture, source: str,
                explicit: Collection[str]) -> TrainConfig:
     """`cfg` with the encoder architecture of `source`; an explicit other value is an error."""
-    current = {"encoder_width": cfg.model_args.encoder_width,
-               "encoder_batch_norm": cfg.model_args.encoder_batch_norm}
+    current = EncoderArchitecture.of_model_args(cfg.model_args).as_model_args()
     for key, value in arch.as_model_args().items():
         if f"model.{key}" in explicit and current[key] != value:
             raise ConfigError(f"model.{key} = {current[key]} was given, but the encoder "
@@ -115,7 +116,8 @@ def prepare(cfg: TrainConfig, explicit: Collection[str] = (), data_dir: str | Pa
         run = ml.encoder_checkpoint
         return _take_over(cfg, encoder_architecture(run), run, explicit)
     if ml.encoder_weights:  # torchvision's VGG-16 is width 1.0; batch norm is checked on load
-        arch = EncoderArchitecture(1.0, cfg.model_args.encoder_batch_norm)
+        # and it reads ImageNet-normalised RGB: the encoder gets the fixed ImageNet input layer
+        arch = EncoderArchitecture(1.0, cfg.model_args.encoder_batch_norm, "imagenet")
         return _take_over(cfg, arch, ml.encoder_weights, explicit)
     run = pretrained_encoder_run(cfg, data_dir, reporter)
     with_run = dataclasses.replace(cfg, multilabel=dataclasses.replace(

@@ -130,12 +130,13 @@ def _evaluate_loaded(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Mo
 
 
 def predict_run(run: str | Path, input_path: str | Path, device: str = "cpu",
-                invert: bool = False) -> dict[str, Any]:
+                invert: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predictions of a run's best checkpoint for the images in `input_path`: a .npy or .npz
     array, a PNG or JPEG file or a folder of them (`cnnrnn.images.read_inputs`), with one
     name per image. `invert` turns dark-on-light photos into light-on-dark ones first."""
     resolve_device(device)  # an unknown or absent device fails before anything is read
     cfg, task, model, _ = load_run(run, "best", device)
+    cfg = apply_eval_options(cfg, run, options or {})  # e.g. --decision crm --costs FILE
     images, names = read_inputs(input_path, task.image_size, invert)
     if len(images):
         outputs = predict_images(task, model, images, cfg, device)

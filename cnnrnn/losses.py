@@ -51,3 +51,32 @@ class BinaryCrossEntropy(nn.Module):
             raise DataError(f"label sets must be multi-hot of shape (B, {logits.shape[-1]}), "
                             f"got {tuple(y.shape)}")
         return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+
+
+class SoftLabels(nn.Module):
+    """Bertinetto et al. (CVPR 2020): cross-entropy against the soft target
+    softmax(-beta * C[y]) over the classes, so mild mistakes cost less than severe ones.
+    costs: (K, K) class-cost matrix, rows = true class; a larger beta is closer to one-hot."""
+
+    def __init__(self, costs: Tensor, beta: float) -> None:
+        super().__init__()
+        self.register_buffer("targets", (-beta * costs.float()).softmax(dim=1))  # (K, K)
+
+    def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), self.targets[y])
+
+
+class ExpectedCost(nn.Module):
+    """Cross-entropy plus `weight` x the expected cost sum_j p_j C[y, j] of the prediction."""
+
+    def __init__(self, costs: Tensor, weight: float, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("costs", costs.float())  # (K, K)
+        self.weight = weight
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        logits = logits.float()
+        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        expected = (logits.softmax(dim=1) * self.costs[y]).sum(dim=1).mean()
+        return ce + self.weight * expected

@@ -173,3 +173,64 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], out: str | Path,
                     ncols: int = 10, cell: int | None = None) -> Path:
     """image_grid_figure, saved to `out`."""
     return _save(image_grid_figure(images, titles, ncols, cell), out)
+
+
+# ---- label embeddings ----------------------------------------------------------------------
+
+def plot_distance_heatmaps(distances: Mapping[str, np.ndarray], class_names: Sequence[str],
+                           order: Sequence[int], out: str | Path, title: str) -> Path:
+    """One heatmap per distance (e.g. cosine and Euclidean), classes in `order` (a clustering's
+    leaf order, so that close classes sit together)."""
+    names = [class_names[i] for i in order]
+    fig, axes = plt.subplots(1, len(distances), figsize=(6.2 * len(distances), 5.4),
+                             squeeze=False)
+    for ax, (metric, d) in zip(axes[0], distances.items(), strict=True):
+        m = np.asarray(d)[np.ix_(order, order)]
+        im = ax.imshow(m, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if m[i, j] < 0.6 * m.max() else "black")
+        ax.set_title(f"{metric} distance")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{title}: label-embedding distances (clustered order)")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_dendrogram(linkage: np.ndarray, class_names: Sequence[str], out: str | Path,
+                    title: str) -> Path:
+    """The dendrogram of a hierarchical clustering of the class embeddings."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    dendrogram(linkage, labels=list(class_names), ax=ax, leaf_rotation=45, color_threshold=0)
+    ax.set_ylabel("cosine distance (average linkage)")
+    ax.set_title(f"{title}: clustering of the label embeddings")
+    plt.setp(ax.get_xticklabels(), ha="right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_embedding_map(points: np.ndarray, colour: np.ndarray, labels: np.ndarray,
+                       class_names: Sequence[str], out: str | Path, title: str) -> Path:
+    """A 2-D map: image points coloured by class, and the label embeddings as named stars."""
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    for k, name in enumerate(class_names):
+        mask = colour == k
+        if mask.any():
+            ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.5, color=cmap(k),
+                       label=name, linewidths=0)
+    for k, (name, (x, y)) in enumerate(zip(class_names, labels, strict=True)):
+        ax.scatter([x], [y], marker="*", s=260, color=cmap(k), edgecolors="black",
+                   linewidths=0.8, zorder=3)
+        ax.annotate(name, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8,
+                    weight="bold", zorder=4)
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.legend(fontsize=7, markerscale=2.5, loc="best", title="class (stars: label embeddings)",
+              title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)

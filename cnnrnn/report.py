@@ -27,7 +27,8 @@ def print_evaluation(result: dict[str, Any], run: Path, plots: bool = False,
                   f"{result['checkpoint']} checkpoint from epoch {result['epoch']})")
     table = Table("metric", "value")
     for key in task.summary_keys:
-        table.add_row(key, task.format_value(key, result.get(key)))
+        if key in result:
+            table.add_row(key, task.format_value(key, result[key]))
     console.print(table)
     rows = task.per_class_rows(result)
     if rows:

@@ -175,8 +175,10 @@ def test_every_train_flag_sets_a_config_key():
     not_config = {"task", "model", "config", "set_", "out", "resume", "overwrite", "data_dir",
                   "quiet", "print_config"}
     assert params - not_config == set(cli.CONFIG_FLAGS)
-    keys = {name: key_of(name) for name in cli.CONFIG_FLAGS}
+    keys = {name: key_of(name, "single-label") for name in cli.CONFIG_FLAGS}
     assert keys["beam_width"] == "multilabel.beam_width" and keys["lr"] == "lr"
+    assert keys["costs"] == "single_label.costs"  # a name of both tasks: the run's task's
+    assert key_of("costs", "multilabel") == "multilabel.costs"
 
 
 def test_overwrite_and_taken_out_folder(runs, tmp_path, data_dir):

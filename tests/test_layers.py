@@ -45,8 +45,9 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "cnnrnn.metrics",
         "cnnrnn.metrics.*",
     ),
-    # 2: reading and writing things: checkpoints, the Fashion-MNIST data and mosaics, plots
-    2: ("cnnrnn.checkpoint", "cnnrnn.data", "cnnrnn.data.*", "cnnrnn.plots"),
+    # 2: reading and writing things: checkpoints, the Fashion-MNIST data and mosaics, plots,
+    #    class-cost matrices
+    2: ("cnnrnn.checkpoint", "cnnrnn.data", "cnnrnn.data.*", "cnnrnn.plots", "cnnrnn.costs"),
     # 3: the networks and their registry
     3: ("cnnrnn.models", "cnnrnn.models.*"),
     # 4: what a training run is made of on top of the models: its configuration and its losses
@@ -57,8 +58,9 @@ FLOORS: dict[int, tuple[str, ...]] = {
     6: ("cnnrnn.tasks", "cnnrnn.tasks.*"),
     # 7: the training loop, evaluation of trained runs and printed reports
     7: ("cnnrnn.train", "cnnrnn.evaluate", "cnnrnn.report"),
-    # 8: work composed of whole trainings and evaluations: encoder preparation, analyses
-    8: ("cnnrnn.encoders", "cnnrnn.analysis", "cnnrnn.analysis.*"),
+    # 8: work composed of whole trainings and evaluations: encoder preparation, analyses, the
+    #    benchmark of training steps and data pipelines
+    8: ("cnnrnn.encoders", "cnnrnn.bench", "cnnrnn.analysis", "cnnrnn.analysis.*"),
     # 9: the command line
     9: ("cnnrnn.cli",),
     # 10: the entry points: `python -m cnnrnn` and the package's own __init__

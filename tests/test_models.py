@@ -7,10 +7,17 @@ import torch
 import torchvision
 
 from cnnrnn.config import load_config
+from cnnrnn.data.fashion_mnist import MEAN, STD
 from cnnrnn.errors import CheckpointError, ConfigError
 from cnnrnn.models import build_model, count_parameters, model_names
 from cnnrnn.models.registry import make_args, register
-from cnnrnn.models.vgg import VGGArgs, VGGEncoder, load_torchvision_vgg16
+from cnnrnn.models.vgg import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGGArgs,
+    VGGEncoder,
+    load_torchvision_vgg16,
+)
 
 SINGLE = model_names("single-label")
 
@@ -109,12 +116,14 @@ def test_torchvision_vgg16_import_gives_the_same_features(tmp_path, batch_norm):
                 m.running_var.uniform_(0.5, 1.5)
     path = tmp_path / "vgg.pt"
     torch.save(tv.state_dict(), path)
-    enc = VGGEncoder(width=1.0, batch_norm=batch_norm).eval()
+    enc = VGGEncoder(width=1.0, batch_norm=batch_norm, input_kind="imagenet").eval()
     load_torchvision_vgg16(enc, path)
-    grey = torch.rand(2, 1, 64, 64)
+    p = torch.rand(2, 1, 64, 64)  # pixels in [0, 1]; sides stay even, so ceil_mode is moot
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        expected = tv.features(grey.repeat(1, 3, 1, 1))
-        got = enc.forward_feature_map(grey)
+        expected = tv.features((p.repeat(1, 3, 1, 1) - mean) / std)
+        got = enc.forward_feature_map((p - MEAN) / STD)  # the package's own input
     assert got.shape == expected.shape == (2, 512, 2, 2)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -123,10 +132,17 @@ def test_torchvision_import_errors(tmp_path):
     tv = torchvision.models.vgg16(weights=None)
     path = tmp_path / "vgg.pt"
     torch.save(tv.state_dict(), path)
-    with pytest.raises(CheckpointError, match="set model.width = 1.0"):
-        load_torchvision_vgg16(VGGEncoder(width=0.25, batch_norm=False), path)
-    with pytest.raises(CheckpointError, match="without batch norm .* set model.batch_norm = false"):
-        load_torchvision_vgg16(VGGEncoder(width=1.0, batch_norm=True), path)
+    with pytest.raises(CheckpointError, match="set model.encoder_width = 1.0"):
+        load_torchvision_vgg16(VGGEncoder(0.25, batch_norm=False, input_kind="imagenet"), path)
+    with pytest.raises(CheckpointError, match="without batch norm .* set "
+                                              "model.encoder_batch_norm = false"):
+        load_torchvision_vgg16(VGGEncoder(1.0, batch_norm=True, input_kind="imagenet"), path)
+    with pytest.raises(CheckpointError, match="encoder_input is 'fashion-mnist'; set "
+                                              'model.encoder_input = "imagenet"'):
+        load_torchvision_vgg16(VGGEncoder(width=1.0, batch_norm=False), path)
+    with pytest.raises(ConfigError, match="encoder_input must be one of fashion-mnist, imagenet, "
+                                          "got 'rgb'"):
+        VGGEncoder(input_kind="rgb")
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(CheckpointError, match="not a torchvision VGG-16 state_dict"):
         load_torchvision_vgg16(VGGEncoder(width=1.0), path)

@@ -20,7 +20,8 @@ from cnnrnn.models import model_names
 
 REPO = Path(__file__).resolve().parents[1]
 # distribution name -> the module the package imports it as
-IMPORT_NAMES = {"scikit-learn": "sklearn", "tomli-w": "tomli_w", "pillow": "PIL"}
+IMPORT_NAMES = {"scikit-learn": "sklearn", "tomli-w": "tomli_w", "pillow": "PIL",
+                "umap-learn": "umap"}
 
 
 def _imported_modules() -> set[str]:

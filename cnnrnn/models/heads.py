@@ -17,7 +17,7 @@ from cnnrnn.errors import ConfigError
 from cnnrnn.models.bce import BCEHead
 from cnnrnn.models.cnn_rnn import CNNRNN
 from cnnrnn.models.registry import register
-from cnnrnn.models.vgg import VGGEncoder
+from cnnrnn.models.vgg import VGGEncoder, check_encoder_input
 
 MULTI = ("multilabel",)
 
@@ -26,6 +26,9 @@ MULTI = ("multilabel",)
 class CNNRNNArgs:
     encoder_width: float = 0.25  # of the VGG-16-style encoder; 1.0 for torchvision weights
     encoder_batch_norm: bool = True
+    # what the encoder reads: "fashion-mnist" (as is) or "imagenet" (torchvision weights: the
+    # grey input shown as ImageNet-normalised RGB by a fixed input layer; see vgg.py)
+    encoder_input: str = "fashion-mnist"
     image_grid: int = 2  # encoder map pooled to grid x grid and flattened; 1 = global (paper)
     per_cell: bool = False  # encode each grid cell alone (uses the mosaic layout; see vgg.py)
     embed_dim: int = 64  # label embedding size E (>= K+1, so scores are not rank-limited)
@@ -34,6 +37,7 @@ class CNNRNNArgs:
     aux_bce: float = 0.0  # weight of a per-label BCE loss on I (semantic regularisation); 0 = paper
 
     def validate(self) -> None:
+        check_encoder_input(self.encoder_input)
         if self.image_grid < 1:
             raise ConfigError(f"image_grid must be >= 1, got {self.image_grid}")
         if self.embed_dim < 1 or self.hidden_size < 1:
@@ -48,11 +52,13 @@ class CNNRNNArgs:
 class BCEArgs:
     encoder_width: float = 0.25
     encoder_batch_norm: bool = True
+    encoder_input: str = "fashion-mnist"  # as for the CNN-RNN
     image_grid: int = 2  # as for the CNN-RNN: both read the same image features
     per_cell: bool = False
     dropout: float = 0.1
 
     def validate(self) -> None:
+        check_encoder_input(self.encoder_input)
         if self.image_grid < 1:
             raise ConfigError(f"image_grid must be >= 1, got {self.image_grid}")
         if not 0.0 <= self.dropout < 1.0:
@@ -62,7 +68,8 @@ class BCEArgs:
 def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None = None,
                   label_priority: list[int] | None = None, order: str = "fixed",
                   freeze_encoder: bool = True) -> CNNRNN:
-    encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
+    encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm,
+                                    input_kind=args.encoder_input)
     encoder.use_pooling("max", args.image_grid, args.per_cell)
     return CNNRNN(encoder, num_classes, args.embed_dim, args.hidden_size, label_priority,
                   order, args.dropout, freeze_encoder, args.aux_bce)  # type: ignore[arg-type]
@@ -70,7 +77,8 @@ def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None 
 
 def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
               freeze_encoder: bool = True, **_: object) -> BCEHead:
-    encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm)
+    encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm,
+                                    input_kind=args.encoder_input)
     encoder.use_pooling("max", args.image_grid, args.per_cell)
     model = BCEHead(encoder, num_classes, args.dropout, freeze_encoder)
     # The decision threshold is chosen on validation data; a buffer, so checkpoints carry it.

@@ -4,7 +4,8 @@ Thirteen 3x3 convolutions in blocks of 2, 2, 3, 3, 3 with max-pooling between bl
 Simonyan & Zisserman (2015). Two changes let the same weights read 28x28 items and 56x56 mosaics:
 pooling uses ceil_mode (28 -> 14 -> 7 -> 4 -> 2 -> 1 instead of vanishing), and a global pooling
 replaces the fixed-size classifier. `encoder.features` keeps torchvision's layer indices, so a
-torchvision `vgg16` / `vgg16_bn` state_dict loads into it (see `load_torchvision_vgg16`).
+torchvision `vgg16` / `vgg16_bn` state_dict loads into it (see `load_torchvision_vgg16`); such an
+encoder reads its input through `ImageNetInput`, a fixed layer in front of the convolutions.
 """
 
 from __future__ import annotations
@@ -16,11 +17,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnrnn.data.fashion_mnist import MEAN, STD
 from cnnrnn.errors import CheckpointError, ConfigError
 from cnnrnn.models.registry import register
 
 # Configuration D: output channels of each 3x3 convolution, "M" = 2x2 max-pooling.
 CFG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+# What the encoder's first convolution reads: the package's own input (one grey channel,
+# normalised with Fashion-MNIST's statistics), or the RGB input torchvision's ImageNet weights
+# were trained on, made from the same grey image by `ImageNetInput`.
+ENCODER_INPUTS = ("fashion-mnist", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per RGB channel, pixels on a 0..1 scale
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_encoder_input(value: str) -> None:
+    if value not in ENCODER_INPUTS:
+        raise ConfigError(f"encoder_input must be one of {', '.join(ENCODER_INPUTS)}, "
+                          f"got {value!r}")
+
+
+class ImageNetInput(nn.Module):
+    """(B, 1, H, W) Fashion-MNIST-normalised grey -> (B, 3, H, W) ImageNet-normalised RGB.
+
+    The grey image shown as RGB (all three channels = the pixel p in [0, 1]), normalised per
+    channel as torchvision's ImageNet weights expect: (p - m_c) / s_c. Done here, in front of
+    an unchanged 3-channel first convolution, rather than folded into that convolution: the
+    folded mean would also be added at the zero padding, so features at the image borders
+    would differ (and folding only the scales into a one-channel weight would still need three
+    different means at the padding). The first convolution keeps torchvision's weights as
+    they are. No parameters; the constants are non-persistent buffers (they follow
+    `.to(device)`; the config, not the state_dict, says the layer is there).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x * STD + MEAN  # (B, 1, H, W), back to pixels in [0, 1]
+        return (p - self.mean) / self.std  # (B, 3, H, W)
 
 
 @dataclass(frozen=True)
@@ -40,12 +80,20 @@ class VGGArgs:
 
 
 class VGGEncoder(nn.Module):
-    """(B, 1, H, W) -> (B, C) image features; C = 512 * width."""
+    """(B, 1, H, W) -> (B, C) image features; C = 512 * width.
 
-    def __init__(self, width: float = 0.25, batch_norm: bool = True, pool: str = "max"):
+    `input_kind` "imagenet" puts `ImageNetInput` in front of the convolutions (the first one
+    then reads 3 channels), for torchvision's weights; "fashion-mnist" reads the input as is.
+    """
+
+    def __init__(self, width: float = 0.25, batch_norm: bool = True, pool: str = "max",
+                 input_kind: str = "fashion-mnist"):
         super().__init__()
+        check_encoder_input(input_kind)
+        self.input_kind = input_kind
+        self.input = ImageNetInput() if input_kind == "imagenet" else nn.Identity()
         layers: list[nn.Module] = []
-        c_in = 1
+        c_in = 3 if input_kind == "imagenet" else 1
         for v in CFG_D:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
@@ -77,9 +125,10 @@ class VGGEncoder(nn.Module):
         self.num_features = self.channels * grid * grid
 
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # (B, C, ceil(H/32), ceil(W/32))
+        return self.features(self.input(x))  # (B, C, ceil(H/32), ceil(W/32))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input(x)  # (B, 3, H, W) for "imagenet", else unchanged
         if self.per_cell and self.grid > 1:
             b, c, h, w = x.shape
             g = self.grid
@@ -118,23 +167,25 @@ register("vgg16", VGGArgs, ("single-label",),
     lambda args, num_classes: VGG16(args, num_classes))
 
 
-def fold_torchvision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision vgg16(_bn) state_dict -> `VGGEncoder.features` state_dict for grey input.
+def torchvision_features_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision vgg16(_bn) state_dict -> `VGGEncoder.features` state_dict, unchanged.
 
-    The first convolution's RGB filters are summed over their input channels: on a grey image
-    repeated over RGB, sum_c W_c * g = (sum_c W_c) * g, so the features are unchanged.
+    The first convolution keeps its 3 input channels: an "imagenet" encoder feeds it RGB.
     """
     feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     if "0.weight" not in feats or feats["0.weight"].dim() != 4:
         raise CheckpointError("not a torchvision VGG-16 state_dict (no features.0.weight); save "
                               "one with torch.save(torchvision.models.vgg16().state_dict(), F)")
-    # (64, 3, 3, 3) -> (64, 1, 3, 3)
-    feats["0.weight"] = feats["0.weight"].sum(dim=1, keepdim=True)
     return feats
 
 
 def load_torchvision_vgg16(encoder: VGGEncoder, path: str | Path) -> None:
-    """Load a torchvision `vgg16` / `vgg16_bn` state_dict file into a width-1.0 encoder."""
+    """Load a torchvision `vgg16` / `vgg16_bn` state_dict file into a width-1.0 encoder.
+
+    The encoder must read "imagenet" input, so that its features are torchvision's own on the
+    grey image shown as RGB. The errors name the multilabel models' keys: they are the only
+    models built on torchvision's weights.
+    """
     from cnnrnn.checkpoint import read_torch_file
 
     path = Path(path)
@@ -142,16 +193,20 @@ def load_torchvision_vgg16(encoder: VGGEncoder, path: str | Path) -> None:
                             "torchvision.models.vgg16(weights=...).state_dict(), F)")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
-    feats = fold_torchvision_state(state)
+    feats = torchvision_features_state(state)
     has_bn = any(k.endswith("running_mean") for k in feats)
     own_bn = any(isinstance(m, nn.BatchNorm2d) for m in encoder.features)
     if has_bn != own_bn:
         raise CheckpointError(f"{path} is a VGG-16 {'with' if has_bn else 'without'} batch norm "
-                              f"but the model has batch_norm={own_bn}; set model.batch_norm = "
-                              f"{str(has_bn).lower()}")
+                              f"but the model has batch_norm={own_bn}; set "
+                              f"model.encoder_batch_norm = {str(has_bn).lower()}")
     if feats["0.weight"].shape[0] != encoder.features[0].out_channels:
         raise CheckpointError(f"{path} has width 1.0 (64 channels first) but the model has "
-                              f"{encoder.features[0].out_channels}; set model.width = 1.0")
+                              f"{encoder.features[0].out_channels}; set model.encoder_width = 1.0")
+    if encoder.input_kind != "imagenet":
+        raise CheckpointError(f"{path} holds torchvision weights, which read ImageNet-normalised "
+                              f"RGB, but the model's encoder_input is {encoder.input_kind!r}; "
+                              'set model.encoder_input = "imagenet"')
     try:
         encoder.features.load_state_dict(feats, strict=True)
     except RuntimeError as e:

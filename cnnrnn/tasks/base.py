@@ -106,13 +106,15 @@ class Task:
 
     def with_options(self, cfg: TrainConfig, options: dict[str, Any]) -> TrainConfig:
         """`cfg` with evaluation options of this task applied (None keeps the run's own)."""
+        changes: dict[str, dict[str, Any]] = {}
         for name, value in options.items():
-            if value is None:
-                continue
-            table, key = self.eval_options[name].key.split(".")
-            cfg = dataclasses.replace(cfg, **{table: dataclasses.replace(
-                getattr(cfg, table), **{key: value})}).validate()
-        return cfg
+            if value is not None:
+                table, key = self.eval_options[name].key.split(".")
+                changes.setdefault(table, {})[key] = value
+        if not changes:
+            return cfg
+        return dataclasses.replace(cfg, **{table: dataclasses.replace(getattr(cfg, table), **kv)
+                                           for table, kv in changes.items()}).validate()
 
     def takes_option(self, name: str, model: str) -> bool:
         option = self.eval_options.get(name)

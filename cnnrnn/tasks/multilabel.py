@@ -22,6 +22,7 @@ from torch import nn
 
 from cnnrnn.checkpoint import load_model_state
 from cnnrnn.config import TrainConfig, config_from_dict
+from cnnrnn.costs import load_costs
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST
 from cnnrnn.data.loader import mix_seed, to_input
 from cnnrnn.data.mosaics import MosaicGenerator, make_split_mosaics, split_pool
@@ -29,6 +30,7 @@ from cnnrnn.data.priors import load_prior
 from cnnrnn.errors import CheckpointError, CnnrnnError
 from cnnrnn.losses import BinaryCrossEntropy, SequenceNLL
 from cnnrnn.metrics.multilabel import multilabel_metrics
+from cnnrnn.metrics.severity import set_severity
 from cnnrnn.models.bce import choose_threshold
 from cnnrnn.models.registry import get_entry
 from cnnrnn.models.vgg import VGGEncoder, load_torchvision_vgg16
@@ -78,9 +80,16 @@ class EncoderArchitecture:
 
     width: float
     batch_norm: bool
+    input_kind: str  # "fashion-mnist", or "imagenet" for torchvision's weights (see vgg.py)
 
     def as_model_args(self) -> dict[str, Any]:
-        return {"encoder_width": self.width, "encoder_batch_norm": self.batch_norm}
+        return {"encoder_width": self.width, "encoder_batch_norm": self.batch_norm,
+                "encoder_input": self.input_kind}
+
+    @classmethod
+    def of_model_args(cls, args: Any) -> EncoderArchitecture:
+        """The encoder architecture a multilabel model's args (CNNRNNArgs, BCEArgs) describe."""
+        return cls(args.encoder_width, args.encoder_batch_norm, args.encoder_input)
 
 
 def _source_config(run: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
@@ -90,10 +99,10 @@ def _source_config(run: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
 
 def _architecture_of(src: TrainConfig, run: str | Path) -> EncoderArchitecture:
     args = src.model_args
-    if src.task == "single-label" and src.model == "vgg16":
-        return EncoderArchitecture(args.width, args.batch_norm)
+    if src.task == "single-label" and src.model == "vgg16":  # trained on the package's input
+        return EncoderArchitecture(args.width, args.batch_norm, "fashion-mnist")
     if src.task == "multilabel":
-        return EncoderArchitecture(args.encoder_width, args.encoder_batch_norm)
+        return EncoderArchitecture.of_model_args(args)
     raise CheckpointError(f"{run} is a {src.task} {src.model!r} run; the encoder must come "
                           "from a single-label vgg16 run or a multilabel run")
 
@@ -108,11 +117,12 @@ def encoder_from_run(run: str | Path, cfg: TrainConfig) -> VGGEncoder:
     whose encoder was fine-tuned on mosaics), checked against the multilabel model's args."""
     src, state = _source_config(run)
     arch = _architecture_of(src, run)
-    want = EncoderArchitecture(cfg.model_args.encoder_width, cfg.model_args.encoder_batch_norm)
-    if arch != want:
+    if arch != EncoderArchitecture.of_model_args(cfg.model_args):
         raise CheckpointError(f"{run} has a width-{arch.width:g} encoder (batch_norm="
-                              f"{arch.batch_norm}); set --set model.encoder_width={arch.width:g} "
-                              f"--set model.encoder_batch_norm={str(arch.batch_norm).lower()}")
+                              f"{arch.batch_norm}, input {arch.input_kind}); set --set "
+                              f"model.encoder_width={arch.width:g} --set model.encoder_batch_norm="
+                              f"{str(arch.batch_norm).lower()} --set "
+                              f"model.encoder_input={arch.input_kind}")
     model = get_entry(src.model, src.task).build(src.model_args, len(CLASSES))
     load_model_state(model, state, RunDir(run).checkpoint_path("best"))
     return model.encoder
@@ -123,8 +133,9 @@ def _encoder(cfg: TrainConfig) -> VGGEncoder:
     if ml.encoder_checkpoint:
         return encoder_from_run(ml.encoder_checkpoint, cfg)
     if ml.encoder_weights:
-        encoder = VGGEncoder(args.encoder_width, args.encoder_batch_norm)
-        load_torchvision_vgg16(encoder, ml.encoder_weights)
+        encoder = VGGEncoder(args.encoder_width, args.encoder_batch_norm,
+                             input_kind=args.encoder_input)
+        load_torchvision_vgg16(encoder, ml.encoder_weights)  # needs encoder_input "imagenet"
         return encoder
     raise CnnrnnError("a multilabel model needs a pretrained encoder: set "
                       "multilabel.encoder_checkpoint or multilabel.encoder_weights, or call "
@@ -172,9 +183,11 @@ class Multilabel(Task):
     metric_label = "val O-F1"
     image_size = 56
     summary_keys = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "macro-F1", "mAP", "exact_match",
-                    "hamming_loss")
+                    "hamming_loss", "swap_cost", "unmatched_false_positives",
+                    "unmatched_false_negatives")
     eval_options = {"beam_width": EvalOption("multilabel.beam_width", "--beam-width",
-                                             models=("cnn-rnn",))}
+                                             models=("cnn-rnn",)),
+                    "costs": EvalOption("multilabel.costs", "--costs")}
     pretrained_encoder = True
 
     def prepare(self, cfg: TrainConfig, data: FashionMNIST) -> TaskData:
@@ -224,8 +237,13 @@ class Multilabel(Task):
 
     def metrics(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
                 cfg: TrainConfig) -> dict[str, Any]:
-        return multilabel_metrics(targets, outputs["label_sets"], outputs["scores"],
-                                  list(CLASSES))
+        m = multilabel_metrics(targets, outputs["label_sets"], outputs["scores"],
+                               list(CLASSES))
+        if cfg.multilabel.costs:
+            m.update(set_severity(targets.numpy(), outputs["label_sets"].numpy(),
+                                  load_costs(cfg.multilabel.costs)))
+            m["costs"] = cfg.multilabel.costs
+        return m
 
     def format_predictions(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         sets = [row.nonzero().flatten().tolist() for row in outputs["label_sets"]]

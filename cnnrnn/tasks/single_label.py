@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnrnn.config import TrainConfig
+from cnnrnn.costs import load_costs
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, train_val_split
 from cnnrnn.data.loader import IndexedBatches
-from cnnrnn.losses import CrossEntropy
+from cnnrnn.losses import CrossEntropy, ExpectedCost, SoftLabels
+from cnnrnn.metrics.severity import severity_metrics
 from cnnrnn.metrics.single_label import single_label_metrics
 from cnnrnn.models.registry import get_entry
 from cnnrnn.plots import check_format, plot_confusion_matrix, run_title
@@ -21,13 +24,21 @@ from cnnrnn.run_dir import CONFUSION_MATRIX, RunDir
 from cnnrnn.tasks.base import EvalOption, Task, TaskData
 
 
+@functools.lru_cache(maxsize=8)
+def cost_tensor(spec: str) -> torch.Tensor:
+    """The cost matrix `spec` names (cnnrnn.costs.load_costs), read once, as float32 (K, K)."""
+    return torch.from_numpy(load_costs(spec)).float()
+
+
 class SingleLabel(Task):
     name = "single-label"
     primary = "accuracy"
     metric_label = "val acc"
     image_size = 28
-    summary_keys = ("accuracy",)
-    eval_options = {"tta_flip": EvalOption("single_label.tta_flip", "--tta")}
+    summary_keys = ("accuracy", "mistake_severity", "hdist@1", "hdist@3")
+    eval_options = {"tta_flip": EvalOption("single_label.tta_flip", "--tta"),
+                    "decision": EvalOption("single_label.decision", "--decision"),
+                    "costs": EvalOption("single_label.costs", "--costs")}
 
     def prepare(self, cfg: TrainConfig, data: FashionMNIST) -> TaskData:
         opts = cfg.single_label
@@ -44,7 +55,12 @@ class SingleLabel(Task):
         return get_entry(cfg.model, self.name).build(cfg.model_args, len(CLASSES))
 
     def criterion(self, cfg: TrainConfig) -> nn.Module:
-        return CrossEntropy(cfg.single_label.label_smoothing)
+        opts = cfg.single_label
+        if opts.loss == "soft-labels":
+            return SoftLabels(cost_tensor(opts.costs), opts.beta)
+        if opts.loss == "expected-cost":
+            return ExpectedCost(cost_tensor(opts.costs), opts.cost_weight, opts.label_smoothing)
+        return CrossEntropy(opts.label_smoothing)
 
     def count_correct(self, outputs: torch.Tensor, y: torch.Tensor) -> int:
         return int((outputs.argmax(1) == y).sum())
@@ -54,19 +70,34 @@ class SingleLabel(Task):
         logits = model(x).float()  # (B, 10)
         if cfg.single_label.tta_flip:  # test-time augmentation: the mirror image votes too
             logits = (logits + model(x.flip(-1)).float()) / 2
-        return {"logits": logits, "probs": logits.softmax(1), "labels": logits.argmax(1)}
+        probs = logits.softmax(1)
+        if cfg.single_label.decision == "crm":
+            # conditional risk minimisation (Karthik et al. 2021): the least expected cost
+            # argmin_j sum_i p_i C[i, j]
+            labels = (probs @ cost_tensor(cfg.single_label.costs).to(probs.device)).argmin(1)
+        else:
+            labels = logits.argmax(1)
+        return {"logits": logits, "probs": probs, "labels": labels}
 
     def metrics(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
                 cfg: TrainConfig) -> dict[str, Any]:
         m = single_label_metrics(targets.numpy(), outputs["labels"].numpy(), len(CLASSES),
                                  list(CLASSES))
         m["loss"] = float(F.cross_entropy(outputs["logits"], targets))
+        if cfg.single_label.costs:
+            m.update(severity_metrics(targets.numpy(), outputs["labels"].numpy(),
+                                      outputs["probs"].numpy(),
+                                      cost_tensor(cfg.single_label.costs).numpy(),
+                                      list(CLASSES)))
+            m["costs"] = cfg.single_label.costs
         return m
 
     def format_predictions(self, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {"labels": outputs["labels"].tolist(), "probs": outputs["probs"].tolist()}
 
     def format_value(self, key: str, value: Any) -> str:
+        if key != "accuracy":
+            return super().format_value(key, value)
         return "-" if value is None else f"{100 * value:.2f} %"
 
     def per_class_rows(self, result: dict[str, Any]) -> list[tuple[str, str]]:

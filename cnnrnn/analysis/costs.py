@@ -1,0 +1,86 @@
+"""Cost matrices from runs and the hierarchy, and how they compare (`cnnrnn analyze costs`).
+
+Sources: `hierarchy` (the clothing hierarchy), `embeddings` (a run's label embeddings: a
+CNN-RNN's rows of U_l or a classifier's last linear layer; cosine or Euclidean distance) and
+`confusion` (a single-label run's validation confusion matrix, symmetrised). `compare` ranks
+the pairs of each matrix against every other (Spearman's rank correlation of the 45 costs of
+distinct class pairs) and checks two sanity orders a reader expects of any clothing distance.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnrnn import costs as cost_lib
+from cnnrnn.data.fashion_mnist import CLASSES
+from cnnrnn.errors import CnnrnnError
+from cnnrnn.evaluate import load_run
+from cnnrnn.models.embeddings import class_embeddings
+from cnnrnn.run_dir import VAL_METRICS, RunDir
+
+SOURCES = ("hierarchy", "embeddings", "confusion")
+# (a, b, c): d(a, b) < d(a, c) is expected of any sensible clothing distance
+SANITY = (("Shirt", "T-shirt/top", "Ankle boot"), ("Sneaker", "Sandal", "Coat"))
+
+
+def costs_from(source: str, run: str | Path | None = None, metric: str = "cosine"
+               ) -> tuple[np.ndarray, str]:
+    """A cost matrix and a one-line description of where it came from."""
+    if source not in SOURCES:
+        raise CnnrnnError(f"unknown cost source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source == "hierarchy":
+        return cost_lib.hierarchy_costs(), "the clothing hierarchy (height of the lowest " \
+            "common ancestor)"
+    if run is None:
+        raise CnnrnnError(f"cost source {source!r} needs a run folder: cnnrnn analyze costs "
+                          f"{source} RUN --out FILE")
+    if source == "embeddings":
+        _, _, model, _ = load_run(run)
+        vectors = class_embeddings(model).float().numpy()
+        return cost_lib.embedding_costs(vectors, metric), f"{metric} distances of the label " \
+            f"embeddings of {run}"
+    val = RunDir(run).read_json(VAL_METRICS)
+    if not val or "confusion_matrix" not in val:
+        raise CnnrnnError(f"{run} has no validation confusion matrix ({VAL_METRICS}); the "
+                          "confusion source reads a finished single-label run")
+    return cost_lib.confusion_costs(np.array(val["confusion_matrix"])), \
+        f"the validation confusion of {run}, symmetrised"
+
+
+def _upper(c: np.ndarray) -> np.ndarray:
+    return c[np.triu_indices(len(c), k=1)]
+
+
+def sanity_orders(c: np.ndarray) -> dict[str, bool]:
+    idx = {name: i for i, name in enumerate(CLASSES)}
+    return {f"d({a}, {b}) < d({a}, {x})": bool(c[idx[a], idx[b]] < c[idx[a], idx[x]])
+            for a, b, x in SANITY}
+
+
+def compare_costs(matrices: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Spearman's rank correlation of every pair of matrices over the 45 distinct class pairs,
+    and the sanity orders of each."""
+    from scipy.stats import spearmanr
+
+    names = list(matrices)
+    pairs = {}
+    for a, b in combinations(names, 2):
+        rho = spearmanr(_upper(matrices[a]), _upper(matrices[b])).statistic
+        pairs[f"{a} vs {b}"] = float(rho)
+    return {"spearman": pairs, "sanity": {n: sanity_orders(m) for n, m in matrices.items()}}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["| matrices | Spearman rho |", "|---|---:|"]
+    lines += [f"| {pair} | {rho:.3f} |" for pair, rho in result["spearman"].items()]
+    checks = list(next(iter(result["sanity"].values()), {}))
+    lines += ["", "| matrix | " + " | ".join(checks) + " |",
+              "|---|" + "---|" * len(checks)]
+    for name, ok in result["sanity"].items():
+        lines.append(f"| {name} | " + " | ".join("yes" if ok[c] else "no" for c in checks)
+                     + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,320 @@
+"""Label embeddings put to work: cost matrices, mistake severity, severity-aware training and
+decisions, embedding maps; hand-computed cases and the CLI end to end at tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnrnn.cli import app
+from cnnrnn.costs import (
+    CLASSES,
+    check_costs,
+    confusion_costs,
+    embedding_costs,
+    hierarchy_costs,
+    read_costs,
+    write_costs,
+)
+from cnnrnn.errors import CnnrnnError
+from cnnrnn.losses import ExpectedCost, SoftLabels
+from cnnrnn.metrics.severity import set_severity, severity_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+OLD_BCE = REPO / "tests" / "fixtures" / "old_runs" / "bce"
+runner = CliRunner()
+IDX = {name: i for i, name in enumerate(CLASSES)}
+
+
+def cli(*args) -> str:
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def cnnrnn(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnrnn", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ})
+
+
+def is_cost_matrix(c: np.ndarray) -> bool:
+    return (c.shape == (10, 10) and np.allclose(c, c.T) and np.allclose(np.diag(c), 0)
+            and np.isclose(c.max(), 1.0) and (c >= 0).all())
+
+
+# ---- cost matrices -------------------------------------------------------------------------
+
+def test_hierarchy_costs():
+    c = hierarchy_costs()
+    assert is_cost_matrix(c)
+    assert c[IDX["Shirt"], IDX["T-shirt/top"]] == 0.5  # both tops
+    assert c[IDX["Sneaker"], IDX["Sandal"]] == 0.5  # both footwear
+    assert c[IDX["Shirt"], IDX["Ankle boot"]] == 1.0
+    assert c[IDX["Bag"], IDX["Dress"]] == 1.0
+
+
+def test_embedding_and_confusion_costs_are_cost_matrices():
+    rng = np.random.default_rng(0)
+    for metric in ("cosine", "euclidean"):
+        assert is_cost_matrix(embedding_costs(rng.normal(size=(10, 16)), metric))
+    v = np.eye(10)
+    v[IDX["Shirt"]] = v[IDX["T-shirt/top"]] + 0.01  # Shirt's embedding next to T-shirt's
+    c = embedding_costs(v)
+    assert c[IDX["Shirt"], IDX["T-shirt/top"]] < 0.05 and c[IDX["Shirt"], IDX["Bag"]] > 0.9
+    cm = np.diag(np.full(10, 90))
+    cm[IDX["Shirt"], IDX["T-shirt/top"]] = 10  # often confused: close
+    c = confusion_costs(cm)
+    assert is_cost_matrix(c)
+    assert c[IDX["Shirt"], IDX["T-shirt/top"]] == 0.0 and c[IDX["Shirt"], IDX["Bag"]] == 1.0
+
+
+def test_cost_files_read_in_every_layout(tmp_path):
+    c = hierarchy_costs()
+    written = write_costs(tmp_path / "h.csv", c, "test")
+    assert [p.name for p in written] == ["h.csv", "h.json"]
+    np.testing.assert_allclose(read_costs(tmp_path / "h.csv"), c)  # header row and column
+    np.testing.assert_allclose(read_costs(tmp_path / "h.json"), c)
+    np.savetxt(tmp_path / "plain.csv", 3 * c)  # numpy.savetxt: spaces, no header, other unit
+    np.testing.assert_allclose(read_costs(tmp_path / "plain.csv"), c)  # scaled to max 1
+    np.savetxt(tmp_path / "comma.csv", c, delimiter=",", fmt="%.3f")
+    np.testing.assert_allclose(read_costs(tmp_path / "comma.csv"), c)
+
+
+def test_bad_cost_files_are_one_line_errors(tmp_path, data_dir):
+    c = hierarchy_costs()
+    np.savetxt(tmp_path / "shape.csv", c[:9])
+    neg = c.copy()
+    neg[0, 1] = neg[1, 0] = -0.5
+    np.savetxt(tmp_path / "negative.csv", neg)
+    asym = c.copy()
+    asym[0, 1] = 0.1
+    np.savetxt(tmp_path / "asymmetric.csv", asym)
+    diag = c + np.eye(10)
+    np.savetxt(tmp_path / "diagonal.csv", diag)
+    cases = {"shape.csv": "has shape (9, 10); a cost matrix is (10, 10)",
+             "negative.csv": "has a negative cost (-0.5 for true 'T-shirt/top', predicted "
+                             "'Trouser')",
+             "asymmetric.csv": "is not symmetric",
+             "diagonal.csv": "non-zero diagonal",
+             "missing.csv": "not found; make one with `cnnrnn analyze costs`"}
+    for name, message in cases.items():
+        with pytest.raises(CnnrnnError, match=None) as e:
+            read_costs(tmp_path / name)
+        assert message in str(e.value), (name, str(e.value))
+    proc = cnnrnn("evaluate", OLD_BCE, "--costs", tmp_path / "asymmetric.csv", "--data-dir",
+                  data_dir)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "is not symmetric" in proc.stderr
+
+
+# ---- severity metrics ----------------------------------------------------------------------
+
+def test_mistake_severity_and_hdist_by_hand():
+    c = hierarchy_costs()
+    s, t, b = IDX["Shirt"], IDX["T-shirt/top"], IDX["Bag"]
+    y = np.array([s, s, t, b])
+    pred = np.array([t, b, t, b])  # a mild mistake (0.5), a severe one (1.0), two right
+    probs = np.full((4, 10), 0.01)
+    probs[np.arange(4), pred] = 0.9
+    m = severity_metrics(y, pred, probs, c, CLASSES)
+    assert m["mistake_severity"] == pytest.approx(0.75)  # over the mistakes only
+    assert m["hdist@1"] == pytest.approx((0.5 + 1.0 + 0 + 0) / 4)  # over all samples
+    assert m["per_class_severity"]["Shirt"]["mistake_severity"] == pytest.approx(0.75)
+    assert m["per_class_severity"]["Bag"]["mistake_severity"] is None  # no mistake: undefined
+    assert m["per_class_severity"]["Coat"] is None  # no sample
+    right = severity_metrics(y, y, probs, c, CLASSES)
+    assert right["mistake_severity"] is None
+
+
+def test_set_severity_by_hand():
+    c = hierarchy_costs()
+    k = {n: np.eye(10, dtype=np.uint8)[IDX[n]] for n in CLASSES}
+    truth = np.stack([k["Shirt"] | k["Bag"], k["Sneaker"], k["Coat"], k["Dress"]])
+    pred = np.stack([k["T-shirt/top"] | k["Bag"],  # Shirt -> T-shirt: a 0.5 swap
+                     k["Sandal"] | k["Bag"] | k["Trouser"],  # a 0.5 swap and two extra labels
+                     np.zeros(10, np.uint8),  # Coat missed outright
+                     k["Dress"]])  # right
+    m = set_severity(truth, pred, c)
+    assert m["swaps"] == 2 and m["swap_cost"] == pytest.approx(0.5)
+    assert m["unmatched_false_positives"] == 2 and m["unmatched_false_negatives"] == 1
+    # more false positives than negatives: the cheapest one is matched
+    m = set_severity(np.stack([k["Shirt"]]), np.stack([k["Bag"] | k["Pullover"]]), c)
+    assert (m["swaps"], m["swap_cost"], m["unmatched_false_positives"]) == (1, 0.5, 1)
+    assert set_severity(truth, truth, c) == {"swap_cost": None, "swaps": 0,
+                                             "unmatched_false_positives": 0,
+                                             "unmatched_false_negatives": 0}
+
+
+# ---- severity-aware losses and decisions ---------------------------------------------------
+
+def test_soft_labels_sum_to_one_and_peak_at_the_true_class():
+    costs = torch.from_numpy(hierarchy_costs())
+    soft = SoftLabels(costs, beta=6.0)
+    assert torch.allclose(soft.targets.sum(1), torch.ones(10))
+    assert (soft.targets.argmax(1) == torch.arange(10)).all()
+    s, t, b = IDX["Shirt"], IDX["T-shirt/top"], IDX["Bag"]
+    assert soft.targets[s, t] > soft.targets[s, b]  # a sibling gets more mass
+    logits = torch.randn(5, 10)
+    y = torch.tensor([s, t, b, 0, 1])
+    want = -(soft.targets[y] * logits.log_softmax(1)).sum(1).mean()
+    assert torch.allclose(soft(logits, y), want)
+
+
+def test_expected_cost_adds_the_weighted_mean_cost():
+    costs = torch.from_numpy(hierarchy_costs()).float()
+    logits, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    ec = ExpectedCost(costs, weight=2.0)(logits, y)
+    by_hand = torch.nn.functional.cross_entropy(logits, y) + 2.0 * (
+        logits.softmax(1) * costs[y]).sum(1).mean()
+    assert torch.allclose(ec, by_hand)
+
+
+def test_crm_with_zero_one_costs_is_the_argmax(tmp_path):
+    from cnnrnn.config import load_config
+    from cnnrnn.tasks import get_task
+
+    zero_one = 1 - np.eye(10)
+    np.savetxt(tmp_path / "01.csv", zero_one)
+    task = get_task("single-label")
+    cfg = load_config("single-label", "cnn", overrides={
+        "model.channels": 4, "model.hidden": 8, "single_label.decision": "crm",
+        "single_label.costs": str(tmp_path / "01.csv")})
+    model = task.build(cfg, None).eval()
+    x = torch.randn(64, 1, 28, 28)
+    out = task.predict(model, x, cfg)
+    assert torch.equal(out["labels"], out["logits"].argmax(1))
+    hier = load_config("single-label", "cnn", overrides={
+        "model.channels": 4, "model.hidden": 8, "single_label.decision": "crm",
+        "single_label.costs": "hierarchy"})
+    crm = task.predict(model, x, hier)["labels"]
+    probs = out["probs"].double()
+    expected = probs @ torch.from_numpy(hierarchy_costs())  # (N, K) expected cost per choice
+    assert torch.equal(crm, expected.argmin(1))
+
+
+def test_severity_options_are_checked():
+    from cnnrnn.config import load_config
+    from cnnrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a cost matrix"):
+        load_config("single-label", "cnn", overrides={"single_label.loss": "soft-labels"})
+    with pytest.raises(ConfigError, match="soft labels replace label smoothing"):
+        load_config("single-label", "vgg16", overrides={"single_label.loss": "soft-labels",
+                                                        "single_label.costs": "hierarchy"})
+    with pytest.raises(ConfigError, match="single_label.loss = 'x' is not one of"):
+        load_config("single-label", "cnn", overrides={"single_label.loss": "x"})
+
+
+# ---- the CLI end to end --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sev")
+    tiny = ["--epochs", "1", "--limit-train", "512", "--batch-size", "64", "--set",
+            "val_size=500", "--set", "model.channels=8", "--set", "model.hidden=16",
+            "--quiet", "--data-dir", data_dir]
+    out = {"plain": root / "plain", "soft": root / "soft", "ec": root / "ec"}
+    cli("train", "--model", "cnn", "--out", out["plain"], *tiny)
+    cli("train", "--model", "cnn", "--out", out["soft"], "--loss", "soft-labels", "--costs",
+        "hierarchy", *tiny)
+    cli("train", "--model", "cnn", "--out", out["ec"], "--loss", "expected-cost", "--costs",
+        "hierarchy", *tiny)
+    return out
+
+
+def test_severity_aware_training_and_evaluation(runs, data_dir, tmp_path):
+    from cnnrnn.config import read_toml
+
+    assert read_toml(runs["soft"] / "config.toml")["single_label"]["loss"] == "soft-labels"
+    history = [json.loads(x) for x in (runs["ec"] / "metrics.jsonl").read_text().splitlines()]
+    assert "val_hdist@1" in history[0]  # trained with costs: validation measures severity
+    plain = json.loads(cli("evaluate", runs["plain"], "--json", "--costs", "hierarchy",
+                           "--data-dir", data_dir))
+    assert plain["costs"] == "hierarchy" and 0 <= plain["mistake_severity"] <= 1
+    assert set(plain["per_class_severity"]) == set(CLASSES)
+    crm = json.loads(cli("evaluate", runs["plain"], "--json", "--costs", "hierarchy",
+                         "--decision", "crm", "--data-dir", data_dir))
+    assert crm["decision"] == "crm" and crm["accuracy"] != plain["accuracy"]
+    np.save(tmp_path / "x.npy", np.zeros((3, 28, 28), np.uint8))
+    pred = json.loads(cli("predict", runs["plain"], tmp_path / "x.npy", "--decision", "crm",
+                          "--costs", "hierarchy"))
+    assert len(pred["labels"]) == 3
+    proc = cnnrnn("evaluate", runs["plain"], "--decision", "crm", "--data-dir", data_dir)
+    assert proc.returncode == 2 and "needs a cost matrix" in proc.stderr
+    proc = cnnrnn("evaluate", OLD_BCE, "--decision", "crm", "--data-dir", data_dir)
+    assert proc.returncode == 2 and "--decision applies to single-label runs" in proc.stderr
+
+
+def test_analyze_costs_and_compare(runs, tmp_path):
+    for source, extra in (("hierarchy", []), ("embeddings", [runs["plain"]]),
+                          ("confusion", [runs["plain"]])):
+        cli("analyze", "costs", source, *extra, "--out", tmp_path / f"{source}.csv")
+        assert is_cost_matrix(read_costs(tmp_path / f"{source}.csv")), source
+        assert (tmp_path / f"{source}.json").is_file()
+    result = json.loads(cli("analyze", "compare-costs", tmp_path / "hierarchy.csv",
+                            tmp_path / "embeddings.csv", tmp_path / "confusion.csv", "--json"))
+    assert set(result["spearman"]) == {"hierarchy vs embeddings", "hierarchy vs confusion",
+                                       "embeddings vs confusion"}
+    assert all(-1 <= r <= 1 for r in result["spearman"].values())
+    assert all(result["sanity"]["hierarchy"].values())  # the hierarchy is sane by design
+    proc = cnnrnn("analyze", "costs", "confusion", OLD_BCE)
+    assert proc.returncode == 2
+    assert "the confusion source reads a finished single-label run" in proc.stderr
+
+
+def test_analyze_embeddings_writes_every_file_and_repeats(runs, tmp_path, data_dir):
+    out = tmp_path / "emb"
+    cli("analyze", "embeddings", runs["plain"], "--out", out, "--n", "60", "--data-dir",
+        data_dir)
+    names = {p.name for p in out.iterdir()}
+    assert {"embeddings.json", "distances_cosine.csv", "distances_cosine.json",
+            "distances_euclidean.csv", "distances_euclidean.json", "distances.png",
+            "dendrogram.png", "umap_test_images.png", "umap_test_images.json"} <= names
+    first = json.loads((out / "umap_test_images.json").read_text())
+    assert len(first["points"]) == 60 and set(first["labels"]) == set(CLASSES)
+    cli("analyze", "embeddings", runs["plain"], "--out", tmp_path / "again", "--n", "60",
+        "--data-dir", data_dir)
+    again = json.loads((tmp_path / "again" / "umap_test_images.json").read_text())
+    assert again["points"] == first["points"]  # the same seed gives the same map
+    d = np.array(json.loads((out / "distances_cosine.json").read_text())["distances"])
+    assert d.shape == (10, 10) and np.allclose(d, d.T) and np.allclose(np.diag(d), 0)
+
+
+def test_cnn_rnn_embeddings_and_maps(tmp_path, data_dir):
+    """The old multilabel fixture is a bce run; its head rows are its label embeddings, and
+    its maps are of single-item and all mosaics."""
+    out = tmp_path / "ml"
+    cli("analyze", "embeddings", OLD_BCE, "--out", out, "--n", "40", "--data-dir", data_dir)
+    names = {p.name for p in out.iterdir()}
+    assert {"umap_single_items.png", "umap_mosaics.png", "umap_mosaics.json"} <= names
+
+
+def test_cnn_rnn_label_embeddings_are_the_rows_of_u_l():
+    from cnnrnn.config import load_config
+    from cnnrnn.models.embeddings import class_embeddings, embed_images
+    from cnnrnn.tasks import get_task
+
+    cfg = load_config("multilabel", overrides={"model.encoder_width": 0.0625,
+                                               "model.embed_dim": 16, "model.hidden_size": 8})
+    model = get_task("multilabel").build(cfg, None).eval()
+    assert torch.equal(class_embeddings(model), model.U_l[:10].detach())
+    x = torch.randn(3, 1, 56, 56)
+    points = embed_images(model, x)  # U_I^x I: the image term of eq. 4
+    assert points.shape == (3, 16)
+    assert torch.allclose(points, model.U_I_x(model.encode(x)))
+
+
+def test_a_model_without_label_embeddings_is_refused():
+    from cnnrnn.models.embeddings import class_embeddings
+
+    with pytest.raises(CnnrnnError, match="has no label embeddings"):
+        class_embeddings(torch.nn.Conv2d(1, 1, 3))
+    assert check_costs(hierarchy_costs()).max() == 1.0
