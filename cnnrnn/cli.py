@@ -129,13 +129,16 @@ def train(
         help="Print the resolved config (TOML) and exit; nothing is trained")] = False,
 ) -> None:
     """Train a model; writes config.toml, metrics.jsonl, last.pt, best.pt and plots."""
-    from cnnrnn.config import key_of, load_config, parse_set
+    from cnnrnn.config import TrainConfig, key_of, load_config, parse_set
+    from cnnrnn.distributed import World
     from cnnrnn.encoders import Interrupted, prepare
+    from cnnrnn.precision import resolve_device
     from cnnrnn.progress import Reporter
     from cnnrnn.run_dir import RESUMABLE, RunDir
     from cnnrnn.train import train as run_training
 
-    reporter = Reporter(enabled=not quiet)
+    world = World.from_env()  # the processes torchrun started, or this one
+    reporter = Reporter(enabled=not quiet and world.is_main)
     flags = {name: value for name, value in locals().items() if name in CONFIG_FLAGS}
     overrides = {key_of(name, task): str(v) if isinstance(v, Path) else v
                  for name, v in flags.items() if v is not None}
@@ -157,15 +160,25 @@ def train(
         if print_config:
             _print_config(cfg, set(overrides))
             return
+        # under torchrun every rank must write to the same folder: rank 0 names it
         out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
+
+        def ready() -> tuple[TrainConfig, Path]:
+            RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
+            return prepare(cfg, explicit=set(overrides), data_dir=data_dir,
+                           reporter=reporter), out
+
+        world.init(resolve_device(cfg.device))
         try:
-            cfg = prepare(cfg, explicit=set(overrides), data_dir=data_dir, reporter=reporter)
+            cfg, out = world.on_main(ready)  # the encoder is pretrained once, on rank 0
         except Interrupted as e:
             typer.echo(f"interrupted: {e}", err=True)
             raise typer.Exit(130) from None
-    summary = run_training(cfg, out, resume=resume is not None, overwrite=overwrite,
-                           data_dir=data_dir, reporter=reporter)
+    try:
+        summary = run_training(cfg, out, resume=resume is not None, overwrite=overwrite,
+                               data_dir=data_dir, reporter=reporter, world=world)
+    finally:
+        world.close()
     if summary["stop"] == "interrupted":
         raise typer.Exit(130)
 

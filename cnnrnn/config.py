@@ -146,6 +146,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     channels_last: bool = True  # NHWC memory layout: ~20 % faster convolutions on CPU
     checkpoint_minutes: float = 10.0  # also save last.pt inside an epoch this often; 0 = off
+    compile: bool = False  # torch.compile the training step's model (GPUs; minutes to compile)
     single_label: SingleLabelConfig = field(default_factory=SingleLabelConfig)
     multilabel: MultilabelConfig = field(default_factory=MultilabelConfig)
 

@@ -22,6 +22,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from cnnrnn.config import TrainConfig, config_from_dict, load_config
+from cnnrnn.distributed import World
 from cnnrnn.errors import CnnrnnError, ConfigError
 from cnnrnn.progress import Reporter
 from cnnrnn.run_dir import BEST, LAST, VAL_METRICS, RunDir
@@ -54,7 +55,8 @@ def pretrained_encoder_run(cfg: TrainConfig, data_dir: str | Path | None,
                            reporter: Reporter) -> Path:
     """A single-label vgg16 run whose encoder matches the cnn-rnn's; trained once, then reused.
 
-    An interrupted pretraining resumes where it stopped the next time."""
+    An interrupted pretraining resumes where it stopped the next time. It runs in this one
+    process: under torchrun, rank 0 pretrains while the other ranks wait."""
     args, ml = cfg.model_args, cfg.multilabel
     enc_cfg = pretraining_config(cfg)
     key = (f"vgg16-w{args.encoder_width:g}-bn{int(args.encoder_batch_norm)}"
@@ -68,11 +70,11 @@ def pretrained_encoder_run(cfg: TrainConfig, data_dir: str | Path | None,
                  "use your own)")
     if (run / LAST).is_file():
         summary = train(RunDir(run).resume_config(), run, resume=True, data_dir=data_dir,
-                        reporter=reporter)
+                        reporter=reporter, world=World())
     else:
         if run.exists():  # a pretraining that stopped before its first checkpoint
             shutil.rmtree(run)
-        summary = train(enc_cfg, run, data_dir=data_dir, reporter=reporter)
+        summary = train(enc_cfg, run, data_dir=data_dir, reporter=reporter, world=World())
     if summary["stop"] != "finished":
         raise Interrupted(f"interrupted while pretraining the encoder; run the same command "
                           f"again to continue it (it resumes from {run / LAST})")

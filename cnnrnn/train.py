@@ -17,6 +17,7 @@ nondeterministic kernels (and bf16/fp16 reductions) can make runs differ in the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import statistics
@@ -33,7 +34,8 @@ from cnnrnn.checkpoint import load_model_state
 from cnnrnn.config import TrainConfig
 from cnnrnn.data.fashion_mnist import load_fashion_mnist
 from cnnrnn.data.loader import mix_seed
-from cnnrnn.errors import CnnrnnError
+from cnnrnn.distributed import World
+from cnnrnn.errors import CheckpointError, CnnrnnError
 from cnnrnn.models.registry import count_parameters
 from cnnrnn.precision import autocast, resolve_device
 from cnnrnn.progress import Reporter
@@ -78,14 +80,17 @@ class RunState:
     best_metric: float = -math.inf
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
-    rng: torch.Tensor | None = None  # global RNG state when stopped mid-epoch
+    # global RNG state when stopped mid-epoch: the CPU generator's (one per rank when several
+    # processes train), and the CUDA one's on a GPU
+    rng: Any = None
     partial: dict[str, Any] | None = None  # running sums of the epoch stopped in the middle
+    cuda_rng: Any = None
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> RunState:
         return cls(state["epoch"], state["step"], state["step_in_epoch"], state["best_metric"],
                    state["best_epoch"], list(state["history"]), state["rng"],
-                   state.get("partial"))
+                   state.get("partial"), state.get("cuda_rng"))
 
 
 @dataclass
@@ -102,6 +107,9 @@ class Session:
     trainable: list[nn.Parameter]
     device: torch.device
     extra: dict[str, Any]  # task information stored in every checkpoint
+    world: World = field(default_factory=World)
+    train_model: nn.Module | None = None  # what a step calls: the model, or its DDP wrapper
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
 
     @property
     def steps_per_epoch(self) -> int:
@@ -115,11 +123,23 @@ class Session:
         return autocast(self.device, self.cfg.precision)
 
     def checkpoint(self, st: RunState) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "config": self.cfg.to_dict(), "epoch": st.epoch, "step": st.step,
-                "step_in_epoch": st.step_in_epoch, "best_metric": st.best_metric,
-                "best_epoch": st.best_epoch, "history": st.history, "rng": st.rng,
-                "partial": st.partial, "extra": self.extra}
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "config": self.cfg.to_dict(), "epoch": st.epoch, "step": st.step,
+                 "step_in_epoch": st.step_in_epoch, "best_metric": st.best_metric,
+                 "best_epoch": st.best_epoch, "history": st.history, "rng": st.rng,
+                 "partial": st.partial, "extra": self.extra}
+        if st.cuda_rng is not None:
+            state["cuda_rng"] = st.cuda_rng
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.world.distributed:
+            state["world_size"] = self.world.world_size
+        return state
+
+    def save(self, state_of: Callable[[], dict[str, Any]], which: str) -> None:
+        """Rank 0 writes the run folder; the other ranks never do."""
+        if self.world.is_main:
+            self.run.save(state_of(), which)
 
 
 class _StopFlag:
@@ -170,45 +190,76 @@ def validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
 
 
 def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
-           data_dir: str | Path | None) -> tuple[Session, RunState]:
+           data_dir: str | Path | None, world: World) -> tuple[Session, RunState]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = world.device(resolve_device(cfg.device))
     task = get_task(cfg.task)
     state = run.check_resumable(cfg) if resume else None
-    if not resume:
-        run.start(overwrite)
-    run.write_config(cfg)  # before training starts
-    run.record_environment(cfg, resumed=resume)
+    if world.is_main:
+        if not resume:
+            run.start(overwrite)
+        run.write_config(cfg)  # before training starts
+        run.record_environment(cfg, resumed=resume)
     data = task.prepare(cfg, load_fashion_mnist(data_dir))
+    data.train = world.shard(data.train)  # each rank its slice of every global batch
     torch.manual_seed(cfg.seed)  # weight initialisation
     # resuming: a bare model, since last.pt brings every weight (and the encoder run it was
     # built from may be gone)
     model = task.build(cfg, None if resume else data).to(device)
+    if world.distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over all ranks
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(cfg, trainable)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     st = RunState()
     if state is not None:
         load_model_state(model, state, run / LAST)
         opt.load_state_dict(state["optimizer"])
         st = RunState.from_checkpoint(state)
-        run.write_history(st.history)
-    session = Session(cfg, task, run, data, model, task.criterion(cfg), opt, trainable, device,
-                      dict(data.info))
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        saved_world = state.get("world_size", 1)
+        if st.step_in_epoch and saved_world != world.world_size:
+            raise CheckpointError(f"{run / LAST} stopped inside an epoch of a run on "
+                                  f"{saved_world} process(es); resume it on as many (or wait "
+                                  "for an epoch's end)")
+        if world.is_main:
+            run.write_history(st.history)
+    train_model = model
+    if world.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # the step calls only model(...), so the compiled module trains the same
+        train_model = torch.compile(train_model)
+    session = Session(cfg, task, run, data, model, task.criterion(cfg).to(device), opt,
+                      trainable, device, dict(data.info), world, train_model, scaler)
     return session, st
+
+
+def _restore_rng(s: Session, st: RunState) -> None:
+    """The global RNG (dropout) at the start of an epoch, or where a saved one stopped."""
+    rank = s.world.rank
+    if st.step_in_epoch and st.rng is not None:
+        rng = st.rng[rank] if isinstance(st.rng, list) else st.rng
+        torch.set_rng_state(rng)
+        if st.cuda_rng is not None and s.device.type == "cuda":
+            cuda = st.cuda_rng[rank] if isinstance(st.cuda_rng, list) else st.cuda_rng
+            torch.cuda.set_rng_state(cuda, s.device)
+    else:
+        # one process: mix_seed(seed, epoch), as ever; rank r > 0 of several its own stream
+        parts = (s.cfg.seed, st.epoch) if rank == 0 else (s.cfg.seed, st.epoch, rank)
+        torch.manual_seed(mix_seed(*parts))
 
 
 def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporter
                     ) -> dict[str, Any] | None:
     """Train epoch `st.epoch` from step `st.step_in_epoch`; the epoch's running sums, or None
     if Ctrl-C stopped it in the middle (last.pt then holds the exact position)."""
-    cfg, model, epoch = s.cfg, s.model, st.epoch
-    if st.step_in_epoch and st.rng is not None:
-        torch.set_rng_state(st.rng)
-    else:
-        torch.manual_seed(mix_seed(cfg.seed, epoch))
+    cfg, model, epoch, world = s.cfg, s.train_model or s.model, st.epoch, s.world
+    _restore_rng(s, st)
     model.train()
     sums: dict[str, Any] = {"loss_sum": 0.0, "correct": 0, "seen": 0, "step_times": [],
                             "counted": False}
@@ -225,15 +276,24 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
             group["lr"] = lr_at(st.step, s.total_steps, s.steps_per_epoch, cfg)
         with s.autocast():
             loss, n_correct = training_step(s.task, model, s.criterion, x, y)
-        if not torch.isfinite(loss):
+        (diverged,) = world.agree(not torch.isfinite(loss))  # every rank stops at this step
+        if diverged:
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {st.step + 1}; the last "
                 f"good checkpoint {s.run / LAST} is kept; lower --lr or set grad_clip")
         s.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if s.scaler is not None:  # fp16: scale the loss so small gradients survive
+            s.scaler.scale(loss).backward()
+            s.scaler.unscale_(s.opt)
+        else:
+            loss.backward()
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(s.trainable, cfg.grad_clip)
-        s.opt.step()
+        if s.scaler is not None:
+            s.scaler.step(s.opt)
+            s.scaler.update()
+        else:
+            s.opt.step()
         st.step += 1
         st.step_in_epoch += 1
         sums["loss_sum"] += loss.item() * len(y)
@@ -246,29 +306,43 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
         reporter.step(loss.item(), sums["correct"] / sums["seen"] if sums["counted"] else None)
         if st.step_in_epoch == s.steps_per_epoch:
             break  # the epoch's end saves
-        if stop.requested:
+        due = bool(cfg.checkpoint_minutes) and now - last_save >= 60 * cfg.checkpoint_minutes
+        stop_now, due = world.agree(bool(stop.requested), due)
+        if stop_now:
+            stop.requested = stop.requested or "a signal to another rank"
             _save_mid_epoch(s, st, sums)
             return None
-        if cfg.checkpoint_minutes and now - last_save >= 60 * cfg.checkpoint_minutes:
+        if due:
             _save_mid_epoch(s, st, sums)  # a kill loses at most checkpoint_minutes of work
             last_save = now
     return sums
 
 
 def _save_mid_epoch(s: Session, st: RunState, sums: dict[str, Any]) -> None:
-    """last.pt at the exact position inside the epoch: the RNG state and the running sums."""
-    st.rng = torch.get_rng_state()
+    """last.pt at the exact position inside the epoch: the RNG state and the running sums
+    (every rank's RNG, gathered on rank 0, when several train)."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(s.device) if s.device.type == "cuda" else None
+    if s.world.distributed:
+        cpu, cuda = zip(*s.world.gather((cpu, cuda)), strict=True)
+        cpu, cuda = list(cpu), (list(cuda) if cuda[0] is not None else None)
+    st.rng, st.cuda_rng = cpu, cuda
     st.partial = {k: sums[k] for k in ("loss_sum", "correct", "seen", "step_times")}
-    s.run.save(s.checkpoint(st), "last")
+    s.save(lambda: s.checkpoint(st), "last")
 
 
 def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporter) -> None:
     """Validate, append the epoch's row, save last.pt (and best.pt if it improved)."""
     epoch = st.epoch
+    loss_sum, correct, seen = s.world.sum(sums["loss_sum"], sums["correct"], sums["seen"])
+    if not s.world.distributed:  # one process: the sums exactly as they were added
+        loss_sum, correct, seen = sums["loss_sum"], sums["correct"], sums["seen"]
+    st.epoch, st.step_in_epoch, st.rng, st.partial, st.cuda_rng = epoch + 1, 0, None, None, None
+    if not s.world.is_main:  # rank 0 validates, saves and reports
+        return
     val = validate(s.task, s.model, s.data, s.cfg, s.device, s.autocast)
-    seen = sums["seen"]
-    row = {"epoch": epoch + 1, "step": st.step, "train_loss": sums["loss_sum"] / seen,
-           "train_accuracy": sums["correct"] / seen if sums["counted"] else None,
+    row = {"epoch": epoch + 1, "step": st.step, "train_loss": loss_sum / seen,
+           "train_accuracy": correct / seen if sums["counted"] else None,
            "val_loss": val.get("loss"),
            **{f"val_{k}": v for k, v in val.items() if isinstance(v, float | int)
               and k != "loss"},
@@ -277,7 +351,6 @@ def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporte
            "train_seconds": sum(sums["step_times"]),
            "lr": lr_at(st.step - 1, s.total_steps, s.steps_per_epoch, s.cfg)}
     st.history.append(row)
-    st.epoch, st.step_in_epoch, st.rng, st.partial = epoch + 1, 0, None, None
     improved = val[s.task.primary] > st.best_metric
     if improved:
         st.best_metric, st.best_epoch = val[s.task.primary], epoch + 1
@@ -299,23 +372,28 @@ def _finish(s: Session) -> None:
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-          data_dir: str | Path | None = None, reporter: Reporter | None = None
-          ) -> dict[str, Any]:
+          data_dir: str | Path | None = None, reporter: Reporter | None = None,
+          world: World | None = None) -> dict[str, Any]:
     """Train `cfg` into the run folder `out`; with `resume`, continue from `out/last.pt`.
 
     A multilabel config must name its encoder (`cnnrnn.encoders.prepare` finds or pretrains
-    one). Returns a summary: best validation metric and epoch, parameter count, steps, stop
-    reason.
+    one). `world`: the processes training together (default: those torchrun started, else
+    one); only rank 0 writes the run folder and reports. Returns a summary: best validation
+    metric and epoch, parameter count, steps, stop reason.
     """
     run = RunDir(out)
+    world = world or World.from_env()
+    if not world.is_main:
+        reporter = Reporter(enabled=False)
     reporter = reporter or Reporter(enabled=False)
-    with run.lock():
-        return _train(cfg, run, resume, overwrite, data_dir, reporter)
+    world.init(resolve_device(cfg.device))
+    with run.lock() if world.is_main else contextlib.nullcontext():
+        return _train(cfg, run, resume, overwrite, data_dir, reporter, world)
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
-           data_dir: str | Path | None, reporter: Reporter) -> dict[str, Any]:
-    s, st = _setup(cfg, run, resume, overwrite, data_dir)
+           data_dir: str | Path | None, reporter: Reporter, world: World) -> dict[str, Any]:
+    s, st = world.on_every_rank(lambda: _setup(cfg, run, resume, overwrite, data_dir, world))
     n_params = count_parameters(s.model)
     reporter.start(cfg, n_params, count_parameters(s.model, trainable_only=True), s.device,
                    s.steps_per_epoch, resumed_at=(st.epoch, st.step_in_epoch) if resume else None,
@@ -328,12 +406,15 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
                 stop_reason = "interrupted"
                 break
             _end_epoch(s, st, sums, reporter)
-            if stop.requested:
+            (stop_now,) = world.agree(bool(stop.requested))
+            if stop_now:
+                stop.requested = stop.requested or "a signal to another rank"
                 stop_reason = "interrupted"
                 break
     reporter.finish(stop_reason, run.path, stop.requested)
-    if stop_reason == "finished":
+    if stop_reason == "finished" and world.is_main:
         _finish(s)
+    world.barrier()  # the files are written before any rank returns
     return {"stop": stop_reason, "best_metric": st.best_metric, "best_epoch": st.best_epoch,
             "primary": s.task.primary, "parameters": n_params, "steps": st.step,
             "history": st.history, "out": str(run.path)}

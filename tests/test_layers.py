@@ -42,6 +42,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "cnnrnn.files",
         "cnnrnn.schema",
         "cnnrnn.images",
+        "cnnrnn.distributed",
         "cnnrnn.metrics",
         "cnnrnn.metrics.*",
     ),

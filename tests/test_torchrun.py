@@ -1,0 +1,147 @@
+"""`cnnrnn train` under torchrun: 2 processes on the CPU (gloo) against one process with the same
+global batch, shards that do not overlap, only rank 0 writing, a stop on every rank, resume,
+and an encoder pretrained once for all ranks.
+
+Tolerances: with the same global batch, a 2-process step averages two half-batch gradients
+where one process takes the mean of the whole batch. For a per-sample loss (cross-entropy, BCE)
+the two are equal up to rounding: the losses agree to 1e-5 (relative) after two epochs. The
+CNN-RNN's loss is a mean over target steps (labels and END), and two shards of one batch hold
+different numbers of steps, so DDP's equal weighting of the shards moves the gradient a little:
+1e-3 there. Models whose batch norm is in training mode keep per-rank statistics on the CPU
+(SyncBatchNorm needs a GPU), so the multilabel check freezes the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnrnn.distributed import ShardedBatches
+
+REPO = Path(__file__).resolve().parents[1]
+OLD_BCE = REPO / "tests" / "fixtures" / "old_runs" / "bce"
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available()
+                                or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+SINGLE = ["--model", "gru", "--epochs", "2", "--limit-train", "512", "--batch-size", "64",
+          "--set", "val_size=500", "--set", "model.hidden_size=16", "--set",
+          "model.dropout=0.0", "--set", "threads=1", "--precision", "fp32", "--quiet"]
+MULTI = ["--task", "multilabel", "--model", "cnn-rnn", "--epochs", "2", "--limit-train", "256",
+         "--batch-size", "64", "--set", "val_size=500", "--set", "model.hidden_size=16",
+         "--set", "model.embed_dim=16", "--set", "model.dropout=0.0", "--set",
+         "multilabel.val_mosaics=100", "--set", "multilabel.test_mosaics=100", "--set",
+         "threads=1", "--precision", "fp32", "--freeze-encoder", "--encoder-checkpoint",
+         str(OLD_BCE), "--quiet"]
+
+
+def env(data_dir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "CNNRNN_DATA": str(data_dir), "OMP_NUM_THREADS": "1", **extra}
+
+
+def torchrun(args: list[str], data_dir: Path, nproc: int = 2, **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "cnnrnn", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(data_dir), timeout=300,
+                          **kw)
+
+
+def single(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnrnn", "train", *args], capture_output=True,
+                          text=True, env=env(data_dir), timeout=300)
+
+
+def history(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_losses(a: Path, b: Path, rel: float) -> None:
+    ha, hb = history(a), history(b)
+    assert len(ha) == len(hb)
+    for ra, rb in zip(ha, hb, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=rel)
+        val = "val_loss" if ra["val_loss"] is not None else "val_O-F1"
+        assert ra[val] == pytest.approx(rb[val], rel=rel, abs=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["single-label", "multilabel"])
+def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path, data_dir):
+    args = SINGLE if kind == "single-label" else MULTI
+    two, one = tmp_path / "two", tmp_path / "one"
+    proc = torchrun([*args, "--out", str(two)], data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = single([*args, "--out", str(one)], data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_losses(two, one, rel=1e-5 if kind == "single-label" else 1e-3)
+    # only rank 0 wrote: one environment entry, one row per epoch, the files of one run
+    sessions = json.loads((two / "environment.json").read_text())
+    assert len(sessions) == 1 and len(history(two)) == 2
+    assert {p.name for p in two.iterdir()} == {p.name for p in one.iterdir()}
+
+
+def test_the_shards_of_a_batch_do_not_overlap():
+    class Batches:
+        def __len__(self) -> int:
+            return 3
+
+        def epoch(self, epoch: int, start: int = 0):
+            for i in range(start, 3):
+                ids = torch.arange(8) + 8 * i + 100 * epoch
+                yield ids[:, None].float(), ids
+
+    shards = [list(ShardedBatches(Batches(), r, 2).epoch(1)) for r in range(2)]
+    for (_, y0), (_, y1) in zip(*shards, strict=True):
+        assert len(y0) == len(y1) == 4
+        assert not set(y0.tolist()) & set(y1.tolist())
+        assert sorted(y0.tolist() + y1.tolist()) == sorted(set(y0.tolist() + y1.tolist()))
+    whole = [y for _, y in Batches().epoch(1)]
+    for i, batch in enumerate(whole):
+        assert torch.equal(torch.cat([shards[0][i][1], shards[1][i][1]]), batch)
+    with pytest.raises(Exception, match="does not split into 3 equal shards"):
+        next(ShardedBatches(Batches(), 0, 3).epoch(0))
+
+
+def test_sigterm_stops_every_rank_and_resume_works_under_torchrun(tmp_path, data_dir):
+    out = tmp_path / "run"
+    args = [*SINGLE[:SINGLE.index("--epochs")], "--epochs", "400",
+            *SINGLE[SINGLE.index("--epochs") + 2:], "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "cnnrnn", "train", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(data_dir))
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    proc.communicate(timeout=120)
+    done = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= done < 400
+    more = torchrun(["--resume", str(out), "--epochs", str(done + 1), "--quiet"], data_dir)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert [r["epoch"] for r in history(out)][-1] == done + 1
+
+
+def test_encoder_pretraining_happens_once_for_all_ranks(tmp_path, data_dir):
+    cache = tmp_path / "cache"
+    out = tmp_path / "ml"
+    args = [a for a in MULTI if a not in ("--encoder-checkpoint", str(OLD_BCE))]
+    args += ["--set", "model.encoder_width=0.0625", "--set", "multilabel.encoder_epochs=1",
+             "--set", "multilabel.encoder_limit_train=256", "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "cnnrnn", "train", *[a for a in args if a != "--quiet"]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=env(data_dir, CNNRNN_CACHE=str(cache)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("pretraining a vgg16 encoder") == 1  # rank 0 only, once
+    runs = list((cache / "encoders").iterdir())
+    assert len(runs) == 1 and len(json.loads((runs[0] / "environment.json").read_text())) == 1
+    saved = (out / "config.toml").read_text()
+    assert f'encoder_checkpoint = "{runs[0]}"' in saved
