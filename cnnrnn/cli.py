@@ -218,6 +218,9 @@ def evaluate(
     costs: Annotated[str | None, typer.Option(
         help="A class-cost matrix (CSV/JSON file, or 'hierarchy'): adds mistake severity and "
         "hdist@1/3 (single-label) or the set severity (multilabel)")] = None,
+    prior: Annotated[str | None, typer.Option(
+        help="multilabel runs: draw the validation/test mosaics under this label prior "
+        "instead of the run's (e.g. independent for a run trained under outfits)")] = None,
     decision: Annotated[str | None, typer.Option(
         help="single-label runs: argmax, or crm (the class of least expected cost under "
         "--costs, else the run's own costs)")] = None,
@@ -240,7 +243,7 @@ def evaluate(
 
     result = evaluate_run(run, split, data_dir, checkpoint, device,
                           {"beam_width": beam_width, "tta_flip": tta, "costs": costs,
-                           "decision": decision}, say=_note)
+                           "decision": decision, "prior": prior}, say=_note)
     if as_json:
         _echo_json(result)
         if plots:
@@ -448,6 +451,8 @@ def data_mosaics(
 def analyze_errors(
     runs: Annotated[list[Path], typer.Argument(help="Multilabel run folders")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows")] = False,
+    prior: Annotated[str | None, typer.Option(
+        help="Test mosaics under this label prior instead of each run's")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Where multilabel runs go wrong on their test mosaics (one Markdown table).
@@ -458,7 +463,7 @@ def analyze_errors(
     from cnnrnn.data.fashion_mnist import load_fashion_mnist
 
     fmnist = load_fashion_mnist(data_dir)
-    rows = [breakdown(run, fmnist) for run in runs]
+    rows = [breakdown(run, fmnist, {"prior": prior}) for run in runs]
     if as_json:
         _echo_json(rows)
     else:

@@ -107,9 +107,10 @@ def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | No
     if split not in SPLITS:
         raise CnnrnnError(f"unknown split {split!r}; choose test or val")
     resolve_device(device)  # an unknown or absent device fails before anything is read
-    loaded = load_run(run, checkpoint, device, say)
-    return _evaluate_loaded(run, *loaded, load_fashion_mnist(data_dir), split, checkpoint,
-                            device, options or {})
+    cfg, task, model, state = load_run(run, checkpoint, device, say)
+    cfg = apply_eval_options(cfg, run, options or {})  # a wrong option fails before the data
+    return _evaluate_loaded(run, cfg, task, model, state, load_fashion_mnist(data_dir), split,
+                            checkpoint, device, {})
 
 
 def _evaluate_loaded(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Module,

@@ -300,3 +300,16 @@ def test_the_run_folder_records_its_environment(run):
     assert env["python"] == platform.python_version() and env["threads"] >= 1
     assert env["cpu"] and isinstance(env["command"], list) and env["command"]
     assert env["git_commit"] is None or len(env["git_commit"].split("+")[0]) == 40
+
+
+def test_evaluate_under_another_label_prior(run, data_dir):
+    own = json.loads(cli("evaluate", OLD_BCE, "--json", "--data-dir", data_dir))
+    shifted = json.loads(cli("evaluate", OLD_BCE, "--json", "--prior", "independent",
+                             "--data-dir", data_dir))
+    assert (own["prior"], shifted["prior"]) == ("outfits", "independent")
+    assert own["n"] == shifted["n"] and own["per_label"] != shifted["per_label"]
+    rows = json.loads(cli("analyze", "errors", OLD_BCE, "--prior", "independent", "--json",
+                          "--data-dir", data_dir))
+    assert rows[0]["exact"] == pytest.approx(shifted["exact_match"])
+    one_line_error(cnnrnn("evaluate", run, "--prior", "independent"),
+                   "--prior applies to multilabel runs")

@@ -18,12 +18,16 @@ import numpy as np
 from cnnrnn.data.fashion_mnist import FashionMNIST
 from cnnrnn.errors import CnnrnnError
 from cnnrnn.evaluate import load_run, predict_images
+from cnnrnn.tasks import apply_eval_options
 from cnnrnn.tasks.multilabel import Multilabel
 
 
-def breakdown(run: str | Path, fmnist: FashionMNIST) -> dict[str, Any]:
-    """One row of shares (0..1) for a multilabel run, decoded with its own options."""
+def breakdown(run: str | Path, fmnist: FashionMNIST, options: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """One row of shares (0..1) for a multilabel run, decoded with its own options, or with
+    evaluation `options` (e.g. {"prior": "independent"} for test mosaics under another prior)."""
     cfg, task, model, _ = load_run(run)
+    cfg = apply_eval_options(cfg, run, options or {})
     if not isinstance(task, Multilabel):
         raise CnnrnnError(f"{run} is a {cfg.task} run; the error breakdown reads multilabel runs")
     data = task.prepare(cfg, fmnist)  # the very test mosaics `cnnrnn evaluate` uses

@@ -187,7 +187,9 @@ class Multilabel(Task):
                     "unmatched_false_negatives")
     eval_options = {"beam_width": EvalOption("multilabel.beam_width", "--beam-width",
                                              models=("cnn-rnn",)),
-                    "costs": EvalOption("multilabel.costs", "--costs")}
+                    "costs": EvalOption("multilabel.costs", "--costs"),
+                    # test mosaics under another label prior: the prior-shift experiment
+                    "prior": EvalOption("multilabel.prior", "--prior")}
     pretrained_encoder = True
 
     def prepare(self, cfg: TrainConfig, data: FashionMNIST) -> TaskData:
