@@ -437,14 +437,26 @@ def data_mosaics(
     n: Annotated[int, typer.Option(help="How many mosaics")] = 1000,
     prior: Annotated[str, typer.Option(help="independent, outfits or a TOML file")] = "outfits",
     seed: Annotated[int, typer.Option()] = 0,
+    with_cells: Annotated[bool, typer.Option(
+        "--with-cells", help="Also write cells (N, 4): the class in each cell, row-major, -1 "
+        "if empty, and items (N, 4): each cell's index into the split's Fashion-MNIST file "
+        "(train images for train and val, test images for test), -1 if empty. The images "
+        "are the same as without it")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Write synthetic multi-item mosaics: images (N, 56, 56) uint8, labels (N, 10) uint8."""
     from cnnrnn.report import check_mosaic_count, write_mosaics
 
     check_mosaic_count(n)
-    write_mosaics(out, split, n, prior, seed, data_dir)
-    typer.echo(f"wrote {n} {split} mosaics ({prior}) to {out}")
+    if with_cells:
+        from cnnrnn.data.fashion_mnist import load_fashion_mnist
+        from cnnrnn.data.mosaics import write_mosaics_with_cells
+
+        write_mosaics_with_cells(out, load_fashion_mnist(data_dir), split, n, prior, seed)
+    else:
+        write_mosaics(out, split, n, prior, seed, data_dir)
+    typer.echo(f"wrote {n} {split} mosaics ({prior}){' with cells' if with_cells else ''} "
+               f"to {out}")
 
 
 @analyze_app.command("errors")

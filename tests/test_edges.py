@@ -51,6 +51,25 @@ def one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
     assert pattern in lines[0], lines[0]
 
 
+@pytest.fixture
+def user_error(monkeypatch, capsys):
+    """`cnnrnn ARGS` through the entry point in this process (a subprocess costs seconds):
+    exit status 2 and one `error:` line naming `pattern`."""
+    from cnnrnn.cli import main
+
+    def check(pattern: str, *args) -> None:
+        monkeypatch.setattr(sys, "argv", ["cnnrnn", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert pattern in lines[0], lines[0]
+
+    return check
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir) -> Path:
     out = tmp_path_factory.mktemp("edges") / "gru"
@@ -170,31 +189,33 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
 
 # ---- nothing cryptic -----------------------------------------------------------------------
 
-def test_resume_with_fewer_epochs_than_done(run, tmp_path, data_dir):
+def test_resume_with_fewer_epochs_than_done(run, tmp_path, data_dir, user_error):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     cli("train", "--resume", copy, "--epochs", "2", "--data-dir", data_dir, "--quiet")
-    one_line_error(cnnrnn("train", "--resume", copy, "--epochs", "1"),
-                   "has done 2 epochs; --epochs must be at least 2")
+    user_error("has done 2 epochs; --epochs must be at least 2", "train", "--resume", copy,
+               "--epochs", "1")
 
 
-def test_bad_paths_and_devices_are_one_line(run, tmp_path, data_dir):
+def test_bad_paths_and_devices_are_one_line(run, tmp_path, data_dir, user_error):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    one_line_error(cnnrnn("train", "--epochs", "1", "--out", a_file, "--data-dir", data_dir,
-                          *TINY), "is a file; give a folder for the run")
-    one_line_error(cnnrnn("train", "--epochs", "1", "--out", a_file / "run", "--data-dir",
-                          data_dir, *TINY), "cannot write to the run folder")
-    one_line_error(cnnrnn("evaluate", run, "--device", "tpu"), "unknown device 'tpu'")
-    one_line_error(cnnrnn("train", "--device", "tpu"), "device = 'tpu' is not one of")
+    user_error("is a file; give a folder for the run", "train", "--epochs", "1", "--out",
+               a_file, "--data-dir", data_dir, *TINY)
+    user_error("cannot write to the run folder", "train", "--epochs", "1", "--out",
+               a_file / "run", "--data-dir", data_dir, *TINY)
+    user_error("unknown device 'tpu'", "evaluate", run, "--device", "tpu")
+    user_error("device = 'tpu' is not one of", "train", "--device", "tpu")
+    user_error("grad_clip must be >= 0", "train", "--set", "grad_clip=-1")
+    user_error("[multilabel] options apply to --task multilabel", "train", "--set",
+               "multilabel.beam_width=2")
+    user_error("compare runs of one task at a time", "compare", run, OLD_BCE)
+    user_error("--n must be at least 1", "data", "mosaics", "--n", "0", "--out",
+               tmp_path / "m.npz")
+    user_error("GiB of memory and this machine has", "data", "mosaics", "--n", "10000000000",
+               "--out", tmp_path / "m.npz")
+    # and the installed command says the same, as a user runs it
     one_line_error(cnnrnn("train", "--set", "grad_clip=-1"), "grad_clip must be >= 0")
-    one_line_error(cnnrnn("train", "--set", "multilabel.beam_width=2"),
-                   "[multilabel] options apply to --task multilabel")
-    one_line_error(cnnrnn("compare", run, OLD_BCE), "compare runs of one task at a time")
-    one_line_error(cnnrnn("data", "mosaics", "--n", "0", "--out", tmp_path / "m.npz"),
-                   "--n must be at least 1")
-    one_line_error(cnnrnn("data", "mosaics", "--n", "10000000000", "--out", tmp_path / "m.npz"),
-                   "GiB of memory and this machine has")
 
 
 def test_an_edited_config_toml_is_named(run, tmp_path, data_dir):
@@ -209,7 +230,7 @@ def test_an_edited_config_toml_is_named(run, tmp_path, data_dir):
     assert json.loads(proc.stdout)["accuracy"] > 0
 
 
-def test_an_absurd_stored_model_is_refused_before_allocation(run, tmp_path):
+def test_an_absurd_stored_model_is_refused_before_allocation(run, tmp_path, user_error):
     copy = tmp_path / "absurd"
     shutil.copytree(run, copy)
     state = load_checkpoint(copy / "best.pt")
@@ -217,7 +238,7 @@ def test_an_absurd_stored_model_is_refused_before_allocation(run, tmp_path):
     save_checkpoint({k: v for k, v in state.items() if k != "format"}, copy / "best.pt")
     toml = (copy / "config.toml").read_text().replace("hidden_size = 16", "hidden_size = 10000000")
     (copy / "config.toml").write_text(toml)
-    one_line_error(cnnrnn("evaluate", copy), "describes a gru of 300,001,000,000,010 parameters")
+    user_error("describes a gru of 300,001,000,000,010 parameters", "evaluate", copy)
 
 
 def test_download_failure_is_one_line_and_has_a_timeout(tmp_path, monkeypatch):
@@ -302,7 +323,7 @@ def test_the_run_folder_records_its_environment(run):
     assert env["git_commit"] is None or len(env["git_commit"].split("+")[0]) == 40
 
 
-def test_evaluate_under_another_label_prior(run, data_dir):
+def test_evaluate_under_another_label_prior(run, data_dir, user_error):
     own = json.loads(cli("evaluate", OLD_BCE, "--json", "--data-dir", data_dir))
     shifted = json.loads(cli("evaluate", OLD_BCE, "--json", "--prior", "independent",
                              "--data-dir", data_dir))
@@ -311,5 +332,4 @@ def test_evaluate_under_another_label_prior(run, data_dir):
     rows = json.loads(cli("analyze", "errors", OLD_BCE, "--prior", "independent", "--json",
                           "--data-dir", data_dir))
     assert rows[0]["exact"] == pytest.approx(shifted["exact_match"])
-    one_line_error(cnnrnn("evaluate", run, "--prior", "independent"),
-                   "--prior applies to multilabel runs")
+    user_error("--prior applies to multilabel runs", "evaluate", run, "--prior", "independent")

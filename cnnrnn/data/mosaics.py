@@ -242,19 +242,116 @@ def make_split_mosaics(fmnist: FashionMNIST, split: str, n: int, prior: Prior | 
     return out
 
 
+def cell_classes(fmnist: FashionMNIST, split: str, items: torch.Tensor) -> torch.Tensor:
+    """The class in each cell: items (n, cells) as `make_split_mosaics(return_items=True)`
+    gives them (indices into fmnist.train_images for train and val, fmnist.test_images for
+    test) -> (n, cells) int64, row-major, -1 for an empty cell."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    labels = fmnist.test_labels if split == "test" else fmnist.train_labels
+    return torch.where(items >= 0, labels[items.clamp(min=0)], -1)
+
+
+def make_split_mosaics_with_cells(fmnist: FashionMNIST, split: str, n: int, prior: Prior | str,
+                                  seed: int, layout: MosaicLayout = MosaicLayout(),
+                                  val_size: int = 5000) -> tuple[torch.Tensor, ...]:
+    """`make_split_mosaics` (the very same images and labels) with what sits in each cell.
+
+    Returns images (n, S, S) uint8, labels (n, 10) uint8, cells (n, C) int64 (the class in
+    each cell, row-major, -1 if empty) and items (n, C) int64 (as `make_split_mosaics` with
+    return_items gives them).
+    """
+    images, labels, items = make_split_mosaics(fmnist, split, n, prior, seed, layout, val_size,
+                                               return_items=True)
+    return images, labels, cell_classes(fmnist, split, items), items
+
+
+def check_cells(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                cells: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray,
+                where: str, pool: torch.Tensor | np.ndarray | None = None) -> None:
+    """Raise a DataError unless `cells` and `items` (N, C) describe the mosaics.
+
+    Checked: shapes and ranges; an empty cell (-1) has no item and only black pixels; the set
+    of classes in a mosaic's cells is its label set. With `pool`, the (P, 28, 28) uint8 images
+    that `items` index, every filled cell must equal its item pixel for pixel (true for
+    layouts that paste items as is).
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    cells, items = np.asarray(cells), np.asarray(items)
+    n, side = images.shape[0], images.shape[1] // CELL
+    C = side * side
+    for name, a in (("cells", cells), ("items", items)):
+        if a.shape != (n, C) or not np.issubdtype(a.dtype, np.integer):
+            raise DataError(f"{where}: {name} must be a ({n}, {C}) integer array (one entry per "
+                            f"cell), got shape {a.shape} dtype {a.dtype}")
+    if cells.size and not (-1 <= cells.min() and cells.max() < NUM_CLASSES):
+        raise DataError(f"{where}: cells must hold classes 0..{NUM_CLASSES - 1} or -1 (empty)")
+    empty = cells < 0  # (N, C)
+    if ((items < 0) != empty).any() or (items < -1).any():
+        raise DataError(f"{where}: items must be -1 exactly where a cell is empty")
+    tiles = (images.reshape(n, side, CELL, side, CELL).transpose(0, 1, 3, 2, 4)
+             .reshape(n, C, CELL, CELL))  # row-major cells
+    if tiles[empty].any():
+        raise DataError(f"{where}: a cell marked empty (-1) is not black")
+    present = np.zeros((n, NUM_CLASSES + 1), dtype=np.uint8)
+    np.put_along_axis(present, np.where(empty, NUM_CLASSES, cells), 1, axis=1)
+    if (present[:, :NUM_CLASSES] != labels).any():
+        bad = int(np.flatnonzero((present[:, :NUM_CLASSES] != labels).any(1))[0])
+        raise DataError(f"{where}: mosaic {bad}: the classes in its cells {cells[bad].tolist()} "
+                        f"are not its label set {np.flatnonzero(labels[bad]).tolist()}")
+    if pool is not None:
+        pool = np.asarray(pool)
+        if not np.array_equal(tiles[~empty], pool[items[~empty]]):
+            raise DataError(f"{where}: a filled cell differs from the item it names")
+
+
+def write_mosaics_with_cells(out: str | Path, fmnist: FashionMNIST, split: str, n: int,
+                             prior: Prior | str, seed: int) -> Path:
+    """`cnnrnn data mosaics --with-cells`: the mosaics `make_split_mosaics` draws (the same
+    images as without cells), saved with their cells and items after `check_cells` (the
+    default layout pastes items as is, so every filled cell is compared with its item)."""
+    images, labels, cells, items = make_split_mosaics_with_cells(fmnist, split, n, prior, seed)
+    pool = fmnist.test_images if split == "test" else fmnist.train_images
+    check_cells(images, labels, cells, items, str(out), pool)
+    return save_mosaics(out, images, labels, cells, items)
+
+
 def save_mosaics(path: str | Path, images: torch.Tensor | np.ndarray,
-                 labels: torch.Tensor | np.ndarray) -> Path:
+                 labels: torch.Tensor | np.ndarray, cells: torch.Tensor | np.ndarray | None = None,
+                 items: torch.Tensor | np.ndarray | None = None) -> Path:
     """Write mosaics to an .npz with arrays images (N, S, S) uint8 and labels (N, 10) uint8.
 
-    The file is written atomically (`cnnrnn.files.atomic_write`): a crash leaves no half file.
+    With `cells` and `items` (both or neither; see `make_split_mosaics_with_cells`) the file
+    also holds them, (N, C) int64 each, after `check_cells`. The file is written atomically
+    (`cnnrnn.files.atomic_write`): a crash leaves no half file.
     """
     images, labels = np.asarray(images), np.asarray(labels)
     path = Path(path)
     _check_mosaics(images, labels, str(path))
+    arrays = {"images": images, "labels": labels}
+    if cells is not None or items is not None:
+        if cells is None or items is None:
+            raise DataError("save_mosaics: give both cells and items, or neither")
+        arrays.update(cells=np.asarray(cells, dtype=np.int64),
+                      items=np.asarray(items, dtype=np.int64))
+        check_cells(images, labels, arrays["cells"], arrays["items"], str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     # a file object, so numpy does not append ".npz" to the name
-    atomic_write(path, lambda f: np.savez_compressed(f, images=images, labels=labels))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     return path
+
+
+def load_mosaic_cells(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cells (N, C) and items (N, C) int64 of a file written with `--with-cells`, checked
+    against its images and labels."""
+    images, labels = load_mosaics(path)  # checks the file and its images
+    with np.load(path, allow_pickle=False) as npz:
+        if "cells" not in npz.files or "items" not in npz.files:
+            raise DataError(f"{path} holds no cells; write it with `cnnrnn data mosaics "
+                            "--with-cells`")
+        cells, items = npz["cells"], npz["items"]
+    check_cells(images, labels, cells, items, str(path))
+    return torch.from_numpy(cells.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
 
 
 def load_mosaics(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
