@@ -521,6 +521,40 @@ def analyze_costs(
         typer.echo(f"wrote {path}")
 
 
+@analyze_app.command("severity")
+def analyze_severity(
+    runs: Annotated[list[Path], typer.Argument(help="Single-label run folders")],
+    costs: Annotated[str, typer.Option(help="The cost matrix (file or 'hierarchy')")],
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="One name per run for the legend (default: the folder names)")] = None,
+    decision: Annotated[str | None, typer.Option(help="argmax or crm")] = None,
+    out: Annotated[Path, typer.Option(help="The figure (.png, .pdf, .svg)")] = Path(
+        "severity.png"),
+    data_dir: DataDir = None,
+) -> None:
+    """Per-class mistake severity of several runs under one cost matrix, as grouped bars."""
+    from cnnrnn.data.fashion_mnist import CLASSES
+    from cnnrnn.evaluate import evaluate_run
+    from cnnrnn.plots import figure_path, plot_per_class_severity
+
+    figure_path(out)
+    labels = label or [Path(r).resolve().name for r in runs]
+    if len(labels) != len(runs):
+        raise CnnrnnError(f"{len(labels)} --label for {len(runs)} runs; give one per run")
+    per_class = {}
+    for name, run in zip(labels, runs, strict=True):
+        result = evaluate_run(run, "test", data_dir, options={"costs": costs,
+                                                                "decision": decision})
+        if "per_class_severity" not in result:
+            raise CnnrnnError(f"{run} is a {result['task']} run; analyze severity compares "
+                              "single-label runs (a multilabel run: evaluate --costs)")
+        per_class[name] = result["per_class_severity"]
+        typer.echo(f"{name}: accuracy {100 * result['accuracy']:.2f} %, mistake severity "
+                   f"{result['mistake_severity']:.4f}, hdist@1 {result['hdist@1']:.4f}")
+    plot_per_class_severity(per_class, CLASSES, out, f"mistake severity per class ({costs})")
+    typer.echo(f"wrote {out}")
+
+
 @analyze_app.command("compare-costs")
 def analyze_compare_costs(
     files: Annotated[list[Path], typer.Argument(help="Cost files (CSV/JSON) or 'hierarchy'")],

@@ -234,3 +234,24 @@ def plot_embedding_map(points: np.ndarray, colour: np.ndarray, labels: np.ndarra
               title_fontsize=7)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def plot_per_class_severity(per_class: Mapping[str, Mapping[str, Any]],
+                            class_names: Sequence[str], out: str | Path, title: str,
+                            key: str = "mistake_severity") -> Path:
+    """Grouped bars: `key` per true class for each run (a missing value is left out)."""
+    names = list(per_class)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    x = np.arange(len(class_names))
+    for i, name in enumerate(names):
+        rows = per_class[name]
+        values = [np.nan if rows.get(c) is None or rows[c].get(key) is None else rows[c][key]
+                  for c in class_names]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, class_names, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel=key.replace("_", " "), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)

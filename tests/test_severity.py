@@ -318,3 +318,14 @@ def test_a_model_without_label_embeddings_is_refused():
     with pytest.raises(CnnrnnError, match="has no label embeddings"):
         class_embeddings(torch.nn.Conv2d(1, 1, 3))
     assert check_costs(hierarchy_costs()).max() == 1.0
+
+
+def test_analyze_severity_draws_per_class_bars(runs, tmp_path, data_dir):
+    out = cli("analyze", "severity", runs["plain"], runs["soft"], "--costs", "hierarchy",
+              "--label", "cross-entropy", "--label", "soft labels", "--out",
+              tmp_path / "sev.png", "--data-dir", data_dir)
+    assert out.startswith("cross-entropy: accuracy ") and "mistake severity" in out
+    assert (tmp_path / "sev.png").read_bytes()[:4] == b"\x89PNG"
+    proc = cnnrnn("analyze", "severity", OLD_BCE, "--costs", "hierarchy", "--data-dir",
+                  data_dir)
+    assert proc.returncode == 2 and "analyze severity compares single-label runs" in proc.stderr
