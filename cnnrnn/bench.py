@@ -27,7 +27,6 @@ not measured here; it needs full training runs (`cnnrnn train`), minutes to hour
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import tempfile
 import time
@@ -47,7 +46,7 @@ from cnnrnn.data.fashion_mnist import FILES, FashionMNIST, load_fashion_mnist, l
 from cnnrnn.data.mosaics import MosaicGenerator, split_pool
 from cnnrnn.data.priors import load_prior
 from cnnrnn.errors import CnnrnnError
-from cnnrnn.precision import autocast
+from cnnrnn.precision import autocast, cpu_model
 from cnnrnn.tasks import Task, get_task
 from cnnrnn.tasks.base import BatchSource
 from cnnrnn.train import make_optimizer, training_step
@@ -100,17 +99,6 @@ def parse_models(text: str | None) -> list[str]:
 
 
 # --- the machine ------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    """The CPU's "model name" from /proc/cpuinfo (else what `platform` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
 
 def median_seconds(fn: Callable[[], object], steps: int, warmup: int) -> float:
     """Median wall-clock seconds of `fn()` over `steps` calls after `warmup` untimed ones."""

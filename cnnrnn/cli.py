@@ -482,6 +482,39 @@ def analyze_errors(
         typer.echo(markdown_table(rows), nl=False)
 
 
+@analyze_app.command("saliency")
+def analyze_saliency(
+    run: Annotated[Path, typer.Argument(help="A multilabel run (cnn-rnn or bce)")],
+    n: Annotated[int, typer.Option(help="Test mosaics scored: the first N of the run's own")
+                 ] = 1000,
+    n_figure: Annotated[int, typer.Option(help="Mosaics in the figure, one row each")] = 4,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default RUN/analysis/saliency)")] = None,
+    method: Annotated[str, typer.Option(
+        help="The maps the figure shows: gradcam or input-gradients (the JSON scores both); "
+        "attention is refused: these models have none")] = "gradcam",
+    target: Annotated[str, typer.Option(
+        help="cnn-rnn runs: explain each step's score s_t[label] (score) or its "
+        "log-probability (log-prob)")] = "score",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Saliency maps of each emitted label (Grad-CAM, input gradients) and how often their peak
+    cell holds that class, against chance; a figure and saliency.json."""
+    from cnnrnn.analysis.saliency import analyze_saliency as analyze
+    from cnnrnn.analysis.saliency import markdown
+    from cnnrnn.data.fashion_mnist import load_fashion_mnist
+
+    result = analyze(run, load_fashion_mnist(data_dir), out, n, n_figure, method, target, device)
+    if as_json:
+        _echo_json(result)
+        return
+    typer.echo(markdown(result), nl=False)
+    for path in result["files"]:
+        typer.echo(f"wrote {path}")
+
+
 @analyze_app.command("embeddings")
 def analyze_embeddings(
     run: Annotated[Path, typer.Argument(help="A cnn-rnn run, or any run with a linear head")],

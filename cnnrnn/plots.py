@@ -255,3 +255,75 @@ def plot_per_class_severity(per_class: Mapping[str, Mapping[str, Any]],
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, out)
+
+
+# ---- saliency ----------------------------------------------------------------------------------
+
+def _cell_lines(ax: Axes, size: int, cell: int) -> None:
+    for v in range(cell, size, cell):  # pixel k spans k - 0.5 .. k + 0.5
+        ax.axhline(v - 0.5, color="white", linewidth=0.8)
+        ax.axvline(v - 0.5, color="white", linewidth=0.8)
+
+
+def saliency_figure(rows: Sequence[Mapping[str, Any]], title: str, caption: str,
+                    cell: int = 28) -> Figure:
+    """One row per mosaic: the mosaic with its cells named, then one panel per emitted label
+    with its saliency map over the mosaic.
+
+    Each row: "image" (S, S) uint8; "cells", the class name in each cell, row-major ("" if
+    empty); "panels", each with "map" (S, S) >= 0, "title", "hit" (share of the peak cells
+    holding the emitted class), "present" (the class is in the mosaic) and "peaks" (the peak
+    cells, row-major; empty for an all-zero map).
+    """
+    from matplotlib.patches import Rectangle
+
+    ncols = 1 + max([len(r["panels"]) for r in rows] + [1])
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols, 2.05 * len(rows) + 0.9),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax_row, row in zip(axes, rows, strict=True):
+        image = np.asarray(row["image"])
+        size = image.shape[0]
+        grid = size // cell
+        ax = ax_row[0]
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        _cell_lines(ax, size, cell)
+        for c, name in enumerate(row["cells"]):
+            if name:
+                ax.text((c % grid) * cell + 1, (c // grid) * cell + 1, name, fontsize=6,
+                        va="top", color="white",
+                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+        n_items = sum(1 for name in row["cells"] if name)
+        ax.set_title(f"mosaic, {n_items} item{'s' if n_items != 1 else ''}", fontsize=8)
+        if not row["panels"]:
+            ax_row[1].text(0.5, 0.5, "no label emitted", ha="center", va="center", fontsize=8,
+                           transform=ax_row[1].transAxes)
+        for ax, panel in zip(ax_row[1:], row["panels"], strict=False):
+            m = np.asarray(panel["map"], dtype=np.float64)
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            ax.imshow(m / m.max() if m.max() > 0 else m, cmap="inferno", alpha=0.55, vmin=0,
+                      vmax=1)
+            _cell_lines(ax, size, cell)
+            hit = panel["hit"]
+            colour = "tab:green" if hit == 1 else "tab:red" if hit == 0 else "tab:orange"
+            for c in panel["peaks"]:
+                ax.add_patch(Rectangle(((c % grid) * cell - 0.5, (c // grid) * cell - 0.5),
+                                       cell, cell, fill=False, edgecolor=colour, linewidth=2))
+            if not panel["present"]:
+                mark = "\u2717 not in mosaic"
+            elif not panel["peaks"]:
+                mark = "? flat map"
+            else:
+                mark = "\u2713" if hit == 1 else "\u2717" if hit == 0 else f"tie {hit:.0%}"
+            ax.set_title(f"{panel['title']} {mark}", fontsize=8, color=colour)
+    fig.suptitle(title, fontsize=10)
+    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    return fig
+
+
+def plot_saliency(rows: Sequence[Mapping[str, Any]], out: str | Path, title: str, caption: str,
+                  cell: int = 28) -> Path:
+    """saliency_figure, saved to `out`."""
+    return _save(saliency_figure(rows, title, caption, cell), out)

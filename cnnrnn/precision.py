@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 
 import torch
 
@@ -39,3 +41,15 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         raise ConfigError("fp16 is for GPUs; on a CPU use --precision bf16 (or fp32)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo (else what `platform` knows): a seeded run's
+    last digits, and every speed, depend on it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

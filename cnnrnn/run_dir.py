@@ -29,6 +29,7 @@ from cnnrnn.checkpoint import load_checkpoint, save_checkpoint
 from cnnrnn.config import TrainConfig, config_from_dict, save_config
 from cnnrnn.errors import CheckpointError, CnnrnnError
 from cnnrnn.files import atomic_write
+from cnnrnn.precision import cpu_model
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -217,16 +218,6 @@ def _git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(cfg: TrainConfig) -> dict[str, Any]:
     """What a run's numbers depend on besides its config."""
     import torch
@@ -237,6 +228,6 @@ def environment(cfg: TrainConfig) -> dict[str, Any]:
             if torch.cuda.is_available() else [])
     return {"cnnrnn": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus,
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpus": gpus,
             "threads": torch.get_num_threads(), "device": cfg.device,
             "command": sys.argv}

@@ -9,6 +9,7 @@ tests that need it are skipped, saying why, and every other test still runs.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,25 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def fmnist(data_dir: Path):
     return load_fashion_mnist(data_dir)
+
+
+@pytest.fixture
+def user_error(monkeypatch, capsys):
+    """`cnnrnn ARGS` through the entry point in this process, as the installed command runs
+    it (a subprocess costs seconds): asserts exit status 2 and one `error:` line, returns it."""
+    from cnnrnn.cli import main
+
+    def run(*args) -> str:
+        monkeypatch.setattr(sys, "argv", ["cnnrnn", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        return lines[0]
+
+    return run
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,11 @@ Re-record (only when a change of numbers is intended, and say so in the commit):
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from cnnrnn.precision import cpu_model
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -41,17 +42,6 @@ RUNS: dict[str, list[str]] = {
                 "--set", "model.embed_dim=16"],
     "bce": [*_ML, "--model", "bce", "--encoder-checkpoint", "{runs}/encoder"],
 }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (lscpu's 'Model name'), which decides a seeded run's last digits."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def strip(row: dict) -> dict:

@@ -52,23 +52,14 @@ def one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
 
 
 @pytest.fixture
-def user_error(monkeypatch, capsys):
-    """`cnnrnn ARGS` through the entry point in this process (a subprocess costs seconds):
-    exit status 2 and one `error:` line naming `pattern`."""
-    from cnnrnn.cli import main
+def user_error(user_error):
+    """The conftest fixture, checking that the one line names `pattern`."""
 
     def check(pattern: str, *args) -> None:
-        monkeypatch.setattr(sys, "argv", ["cnnrnn", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2, err
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), err
-        assert pattern in lines[0], lines[0]
+        line = user_error(*args)
+        assert pattern in line, line
 
     return check
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir) -> Path:

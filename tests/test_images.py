@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnrnn.cli import app, main
+from cnnrnn.cli import app
 from cnnrnn.data.fashion_mnist import CLASSES
 from cnnrnn.data.mosaics import make_split_mosaics, save_mosaics
 from cnnrnn.errors import CnnrnnError
@@ -34,18 +34,6 @@ def cli(*args: str | Path) -> str:
 
 def predict(*args: str | Path) -> dict:
     return json.loads(cli("predict", *args))
-
-
-def user_error(monkeypatch, capsys, *args: str | Path) -> str:
-    """The entry point in this process (as `cnnrnn` runs it): exit status 2 and one line."""
-    monkeypatch.setattr(sys, "argv", ["cnnrnn", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def save_png(path: Path, pixels: np.ndarray) -> Path:
@@ -141,7 +129,7 @@ def test_mosaics_npz_at_size_56(fmnist, tmp_path):
         read_inputs(tmp_path / "m.npz", 28)
 
 
-def test_input_mistakes_are_one_line(run, monkeypatch, capsys, tmp_path):
+def test_input_mistakes_are_one_line(run, user_error, tmp_path):
     np.save(tmp_path / "unit.npy", np.full((2, 28, 28), 0.5, np.float32))
     np.save(tmp_path / "big.npy", np.zeros((2, 32, 32), np.uint8))
     np.savez(tmp_path / "other.npz", pixels=np.zeros((2, 28, 28), np.uint8))
@@ -159,19 +147,19 @@ def test_input_mistakes_are_one_line(run, monkeypatch, capsys, tmp_path):
         ("missing.npy", r"missing.npy not found"),
     ]
     for name, message in cases:
-        line = user_error(monkeypatch, capsys, "predict", run, tmp_path / name)
+        line = user_error("predict", run, tmp_path / name)
         assert re.search(message, line), line
 
 
-def test_out_and_device_are_checked_before_predicting(run, monkeypatch, capsys, tmp_path):
+def test_out_and_device_are_checked_before_predicting(run, user_error, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")  # read only after the checks
-    line = user_error(monkeypatch, capsys, "predict", run, tmp_path / "broken.png",
+    line = user_error("predict", run, tmp_path / "broken.png",
                       "--out", tmp_path / "nowhere" / "p.json")
     assert "nowhere does not exist" in line and not (tmp_path / "nowhere").exists()
-    line = user_error(monkeypatch, capsys, "predict", run, tmp_path / "broken.png",
+    line = user_error("predict", run, tmp_path / "broken.png",
                       "--out", tmp_path)
     assert f"--out {tmp_path} is a folder" in line
-    line = user_error(monkeypatch, capsys, "predict", tmp_path / "no-run", tmp_path / "x.npy",
+    line = user_error("predict", tmp_path / "no-run", tmp_path / "x.npy",
                       "--device", "tpu")
     assert "--device 'tpu' is not one of auto, cpu, cuda, mps" in line
 
