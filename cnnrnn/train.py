@@ -6,7 +6,9 @@ evaluates the best checkpoint on validation and draws the run's figures (`_finis
 folder's files and the resume policy belong to `cnnrnn.run_dir.RunDir`; everything that
 differs between tasks belongs to the task (`cnnrnn.tasks`). A training step calls the model
 only as `model(...)`, so a wrapped model (DistributedDataParallel, torch.compile) trains the
-same way.
+same way. Under torchrun (`cnnrnn.distributed.World`) each rank trains on its slice of every
+global batch, only rank 0 validates, writes and reports, and the ranks agree at every step on
+a stop or a NaN loss.
 
 Repeatability: the data order and augmentation are pure functions of (seed, epoch, batch), the
 global RNG (dropout) is reseeded from (seed, epoch) at each epoch start and saved on interrupt,
