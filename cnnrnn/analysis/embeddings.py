@@ -29,6 +29,9 @@ from cnnrnn.plots import plot_dendrogram, plot_distance_heatmaps, plot_embedding
 from cnnrnn.run_dir import RunDir
 
 METRICS = ("cosine", "euclidean")
+DESCRIPTIONS = {"single_items": "single-item test mosaics (U_I^x I)",
+                "mosaics": "test mosaics (U_I^x I; colour: the set's most frequent label)",
+                "test_images": "test images (penultimate features)"}
 
 
 def distance_matrices(vectors: np.ndarray) -> dict[str, np.ndarray]:
@@ -130,7 +133,7 @@ def analyze_embeddings(run: str | Path, fmnist: FashionMNIST, out: str | Path | 
         written.append(out / f"umap_{name}.json")
         written.append(plot_embedding_map(xy[:-len(CLASSES)], colour, xy[-len(CLASSES):],
                                           CLASSES, out / f"umap_{name}.png",
-                                          f"{title}: UMAP of {name.replace('_', ' ')}"))
+                                          f"{title}: UMAP of {DESCRIPTIONS[name]}"))
     return {"run": str(run), "out": str(out), "files": [str(p) for p in written],
             "distances": {m: d.tolist() for m, d in distances.items()},
             "cluster_order": [CLASSES[i] for i in order]}
