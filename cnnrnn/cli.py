@@ -491,11 +491,11 @@ def analyze_saliency(
     out: Annotated[Path | None, typer.Option(
         help="Output folder (default RUN/analysis/saliency)")] = None,
     method: Annotated[str, typer.Option(
-        help="The maps the figure shows: gradcam or input-gradients (the JSON scores both); "
-        "attention is refused: these models have none")] = "gradcam",
+        help="The maps the figure shows: gradcam, input-gradients or hirescam (the JSON "
+        "scores all three); attention is refused: these models have none")] = "gradcam",
     target: Annotated[str, typer.Option(
-        help="cnn-rnn runs: explain each step's score s_t[label] (score) or its "
-        "log-probability (log-prob)")] = "score",
+        help="cnn-rnn runs: explain each step's score of its label, s_t of eq. 5 (score), or "
+        "its log-probability (log-prob)")] = "score",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON")] = False,
     data_dir: DataDir = None,

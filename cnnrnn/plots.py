@@ -268,7 +268,7 @@ def _cell_lines(ax: Axes, size: int, cell: int) -> None:
 def saliency_figure(rows: Sequence[Mapping[str, Any]], title: str, caption: str,
                     cell: int = 28) -> Figure:
     """One row per mosaic: the mosaic with its cells named, then one panel per emitted label
-    with its saliency map over the mosaic.
+    with its saliency map over the mosaic and each cell's share of it.
 
     Each row: "image" (S, S) uint8; "cells", the class name in each cell, row-major ("" if
     empty); "panels", each with "map" (S, S) >= 0, "title", "hit" (share of the peak cells
@@ -278,8 +278,18 @@ def saliency_figure(rows: Sequence[Mapping[str, Any]], title: str, caption: str,
     from matplotlib.patches import Rectangle
 
     ncols = 1 + max([len(r["panels"]) for r in rows] + [1])
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols, 2.05 * len(rows) + 0.9),
-                             squeeze=False)
+    import textwrap
+
+    # Laid out by hand, in inches: square panels, a title line above each, the caption below.
+    panel, title_h, top_h = 1.8, 0.3, 0.6
+    width = panel * ncols + 0.1 * (ncols + 1)
+    text = textwrap.fill(caption, int(width * 15))  # ~15 characters per inch at fontsize 7
+    bottom_h = 0.2 + 0.13 * (text.count("\n") + 1)
+    height = (panel + title_h) * len(rows) + top_h + bottom_h
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(width, height), squeeze=False,
+                             gridspec_kw={"wspace": 0.1 / panel, "hspace": title_h / panel})
+    fig.subplots_adjust(left=0.1 / width, right=1 - 0.1 / width, top=1 - top_h / height,
+                        bottom=bottom_h / height)
     for ax in axes.flat:
         ax.axis("off")
     for ax_row, row in zip(axes, rows, strict=True):
@@ -305,6 +315,13 @@ def saliency_figure(rows: Sequence[Mapping[str, Any]], title: str, caption: str,
             ax.imshow(m / m.max() if m.max() > 0 else m, cmap="inferno", alpha=0.55, vmin=0,
                       vmax=1)
             _cell_lines(ax, size, cell)
+            total = m.sum()
+            for c, v in enumerate(m.reshape(grid, cell, grid, cell).sum(axis=(1, 3)).flat):
+                if total > 0:  # each cell's share of the map, so it reads without a colour bar
+                    ax.text((c % grid + 1) * cell - 2, (c // grid + 1) * cell - 2,
+                            f"{v / total:.0%}", fontsize=5.5, ha="right", va="bottom",
+                            color="white", bbox={"facecolor": "black", "alpha": 0.6,
+                                                 "pad": 1, "linewidth": 0})
             hit = panel["hit"]
             colour = "tab:green" if hit == 1 else "tab:red" if hit == 0 else "tab:orange"
             for c in panel["peaks"]:
@@ -317,9 +334,8 @@ def saliency_figure(rows: Sequence[Mapping[str, Any]], title: str, caption: str,
             else:
                 mark = "\u2713" if hit == 1 else "\u2717" if hit == 0 else f"tie {hit:.0%}"
             ax.set_title(f"{panel['title']} {mark}", fontsize=8, color=colour)
-    fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7, wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+    fig.text(0.5, 0.08 / height, text, ha="center", va="bottom", fontsize=7)
     return fig
 
 

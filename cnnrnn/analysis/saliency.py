@@ -1,7 +1,7 @@
 """Where a multilabel run looks when it names a label (`cnnrnn analyze saliency RUN`).
 
-Every label a run emits on a test mosaic gets a saliency map over the mosaic (56x56), by two
-methods:
+Every label a run emits on a test mosaic gets a saliency map over the mosaic (56x56) by each
+of three methods, the first two the usual pair:
 
 - Grad-CAM (Selvaraju et al., ICCV 2017) on the encoder's last feature map A (C, h, w), which
   is 2x2 for a 56x56 mosaic, one map cell per mosaic cell: channel weights
@@ -9,7 +9,11 @@ methods:
   the mosaic by nearest neighbours (each map cell fills its mosaic cell). With `per_cell`
   encoders A is the grid of the cells' pooled features.
 - input gradients (Simonyan et al., 2014): |dy/dx| per pixel of the normalised input x,
-  summed over its channels.
+  summed over its channels;
+- HiResCAM (Draelos & Carin, 2020): ReLU(sum_c dy/dA_c * A_c) position
+  by position, upsampled as Grad-CAM. Grad-CAM averages the gradient over the map, so with
+  `image_grid` 2, where each cell's features have their own weights in U_I^x, it keeps which
+  channels matter but drops in which cell the model reads them; HiResCAM keeps both.
 
 The explained number y: for the CNN-RNN, the score s_t[l_t] (eq. 5; or log P(l_t | I, l_<t)
 with target "log-prob") at the step t that emitted l_t on the best beam path, the decoder re-run
@@ -24,7 +28,8 @@ that class, else 0. Cells that tie for the peak share the credit (a map with k e
 scores the share of them holding the class), so an all-zero map scores exactly chance. Chance:
 a peak in a uniformly random cell, i.e. (cells holding the class) / cells, averaged over the
 scored labels. `peak_on_item` is the share of peaks on any item, against `occupied_share`
-(items per mosaic / cells).
+(items per mosaic / cells over the scored labels' mosaics; `items_per_mosaic_over_cells` is
+the same over all the mosaics).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from cnnrnn.plots import plot_saliency, run_title
 from cnnrnn.run_dir import RunDir
 from cnnrnn.tasks.multilabel import EVAL_SEED, Multilabel
 
-METHODS = ("gradcam", "input-gradients")
+METHODS = ("gradcam", "input-gradients", "hirescam")
 TARGETS = ("score", "log-prob")
 BATCH = 100  # mosaics per forward and backward pass
 
@@ -71,8 +76,8 @@ def feature_map(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         b, c, h, w = x.shape
         cells = x.reshape(b, c, g, h // g, g, w // g).permute(0, 2, 4, 1, 3, 5)
         cells = cells.reshape(b * g * g, c, h // g, w // g)  # row-major cells
-        pooled = pool(encoder.features(cells), 1).reshape(b, g, g, -1)  # (B, g, g, C)
-        return pooled.permute(0, 3, 1, 2), pooled.reshape(b, -1)
+        fmap = pool(encoder.features(cells), 1).reshape(b, g, g, -1).permute(0, 3, 1, 2)
+        return fmap, fmap.permute(0, 2, 3, 1).reshape(b, -1)  # I made from A: its gradient
     fmap = encoder.features(x)  # (B, C, h, w)
     return fmap, pool(fmap, g).flatten(1)
 
@@ -81,6 +86,13 @@ def gradcam(fmap: Tensor, grad: Tensor, size: int) -> Tensor:
     """Grad-CAM: feature map and its gradient (B, C, h, w) -> (B, size, size) >= 0."""
     alpha = grad.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1) channel weights
     cam = torch.relu((alpha * fmap).sum(1, keepdim=True))  # (B, 1, h, w)
+    return F.interpolate(cam, size=(size, size), mode="nearest")[:, 0]
+
+
+def hirescam(fmap: Tensor, grad: Tensor, size: int) -> Tensor:
+    """HiResCAM: like Grad-CAM with the gradient kept per position, (B, C, h, w) ->
+    (B, size, size) >= 0."""
+    cam = torch.relu((grad * fmap).sum(1, keepdim=True))  # (B, 1, h, w)
     return F.interpolate(cam, size=(size, size), mode="nearest")[:, 0]
 
 
@@ -99,7 +111,7 @@ class Saliency:
 
 
 def _explain(encoder: nn.Module, x: Tensor, head: Any) -> Saliency:
-    """Maps of both methods for y = head(I): (labels (B, T), y (B, T)); one backward pass per
+    """Maps of every method for y = head(I): (labels (B, T), y (B, T)); one backward pass per
     slot, batched: in eval mode the mosaics of a batch do not interact, so the gradient of the
     batch's sum of y[:, t] is each mosaic's own gradient."""
     x = x.detach().float().requires_grad_(True)
@@ -118,6 +130,7 @@ def _explain(encoder: nn.Module, x: Tensor, head: Any) -> Saliency:
             keep = valid[:, t, None, None].float()
             maps["gradcam"][:, t] = gradcam(fmap.detach(), g_a, S) * keep
             maps["input-gradients"][:, t] = input_gradients(g_x) * keep
+            maps["hirescam"][:, t] = hirescam(fmap.detach(), g_a, S) * keep
     return Saliency(labels, maps)
 
 
@@ -258,7 +271,7 @@ def figure_picks(cells: Tensor, n: int) -> list[int]:
 
 
 def run_test_mosaics(cfg: Any, task: Multilabel, fmnist: FashionMNIST
-                            ) -> tuple[Tensor, Tensor, Tensor]:
+                     ) -> tuple[Tensor, Tensor, Tensor]:
     """The run's own test mosaics (as `cnnrnn evaluate` reads them), their labels and cells
     (N, C); the cells are regenerated with the same generator and seed, and the images are
     checked to be the task's."""
@@ -281,10 +294,9 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
     if method == "attention":
         raise CnnrnnError("these runs have no attention to read: the CNN-RNN (Wang et al. 2016) "
                           "feeds the same image representation I to every decoding step (eq. 4) "
-                          "and binary relevance has none; use --method gradcam or "
-                          "input-gradients")
+                          f"and binary relevance has none; use --method {', '.join(METHODS)}")
     if method not in METHODS:
-        raise CnnrnnError(f"unknown saliency method {method!r}; use gradcam or input-gradients")
+        raise CnnrnnError(f"unknown saliency method {method!r}; use {', '.join(METHODS)}")
     if target not in TARGETS:
         raise CnnrnnError(f"unknown saliency target {target!r}; use score or log-prob")
     if n < 1 or n_figure < 0:
@@ -336,11 +348,13 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
         "correct_share": overall["scored"] / max(1, len(flat["label"])),
         "chance": overall["chance"], "occupied_share": overall["occupied_share"],
         "items_per_mosaic": float((cells >= 0).sum(1).double().mean()),
+        "items_per_mosaic_over_cells": float((cells >= 0).double().mean()),
         "methods": scores,
         "definitions": {
             "gradcam": "ReLU(sum_c mean_hw(dy/dA_c) A_c) on the encoder's last feature map A "
                        f"({grid}x{grid} for these mosaics), nearest-upsampled to the mosaic",
             "input-gradients": "|dy/dx| per input pixel, summed over channels",
+            "hirescam": "ReLU(sum_c dy/dA_c * A_c) per position of A, nearest-upsampled",
             "peak": "the cell of largest total saliency; tied cells share the credit",
             "localisation": "share of correctly emitted labels whose peak cell holds that class",
             "chance": "mean over the scored labels of (cells holding the class) / cells",
@@ -372,40 +386,45 @@ def _figure(path: Path, images: Tensor, truth: Tensor, cells: Tensor, picks: lis
                 continue
             cell_scores = cell_saliency(sal.maps[method][t][None], grid)[0]
             hit = float(peak_share(cell_scores[None], (cells[i] == label)[None])[0])
+            top = cell_scores >= cell_scores.max()
+            peaks = top.nonzero().flatten().tolist() if cell_scores.max() > 0 else []
             name = f"step {t + 1}: {short[label]}" if is_rnn else short[label]
             panels.append({"map": sal.maps[method][t].numpy(), "title": name, "hit": hit,
                            "present": bool(truth[i, label]),
-                           "peaks": (cell_scores >= cell_scores.max()).nonzero().flatten().tolist()
-                           if cell_scores.max() > 0 else []})
+                           "peaks": peaks})
         rows.append({"image": images[i].numpy(), "panels": panels,
                      "cells": [short[c] if c >= 0 else "" for c in cells[i].tolist()]})
     m = result["methods"][method]
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2f}"
-    caption = (f"{method} maps, each scaled to its own maximum; outlined: the peak cell; "
-               f"\u2713 the peak cell holds the emitted class, \u2717 it does not. Over "
-               f"{result['mosaics']} test mosaics, {m['scored']} correctly emitted labels: "
-               f"peak in a cell of the class {fmt(m['localisation'])} "
-               f"(chance {fmt(m['chance'])})")
+    caption = (f"{method} maps, each scaled to its own maximum, with each cell's share; "
+               "outlined: the peak cell. \u2713 the peak cell holds the emitted class, \u2717 it "
+               f"does not (orange: tied peaks). Over {result['mosaics']} test mosaics, "
+               f"{m['scored']} correctly emitted labels: peak in a cell of the class "
+               f"{_fmt(m['localisation'], 2)} (chance {_fmt(m['chance'], 2)})")
     what = "decoding step" if is_rnn else "predicted label"
     return plot_saliency(rows, path, f"{title}: where the model looks at each {what}", caption,
                          CELL)
 
 
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The localisation scores as a Markdown table: overall and per item count."""
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
+    fmt = _fmt
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
 
     counts = sorted({k for m in result["methods"].values() for k in m["by_items"]}, key=int)
     head = ["method", "all", *[f"{k} item{'s' if k != '1' else ''}" for k in counts]]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    lines = [line(head), "|---|" + "---:|" * (len(head) - 1)]
     first = next(iter(result["methods"].values()))
     for name, m in result["methods"].items():
-        lines.append(f"| {name} | {fmt(m['localisation'])} | " + " | ".join(
-            fmt(m["by_items"][k]["localisation"]) for k in counts) + " |")
-    lines.append(f"| chance | {fmt(first['chance'])} | " + " | ".join(
-        fmt(first["by_items"][k]["chance"]) for k in counts) + " |")
-    lines.append(f"| scored labels | {first['scored']} | " + " | ".join(
-        str(first["by_items"][k]["scored"]) for k in counts) + " |")
+        lines.append(line([name, fmt(m["localisation"]),
+                           *[fmt(m["by_items"][k]["localisation"]) for k in counts]]))
+    lines.append(line(["chance", fmt(first["chance"]),
+                       *[fmt(first["by_items"][k]["chance"]) for k in counts]]))
+    lines.append(line(["scored labels", str(first["scored"]),
+                       *[str(first["by_items"][k]["scored"]) for k in counts]]))
     return "\n".join(lines) + "\n"
