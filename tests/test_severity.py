@@ -265,6 +265,9 @@ def test_analyze_costs_and_compare(runs, tmp_path):
                                        "embeddings vs confusion"}
     assert all(-1 <= r <= 1 for r in result["spearman"].values())
     assert all(result["sanity"]["hierarchy"].values())  # the hierarchy is sane by design
+    # in the hierarchy, look-alike pairs share a group (0.5) and worn-together pairs do not
+    assert result["groups"]["hierarchy"]["look alike"] == pytest.approx(0.5)
+    assert result["groups"]["hierarchy"]["worn together"] > 0.9
     proc = cnnrnn("analyze", "costs", "confusion", OLD_BCE)
     assert proc.returncode == 2
     assert "the confusion source reads a finished single-label run" in proc.stderr
