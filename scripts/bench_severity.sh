@@ -4,7 +4,8 @@
 # cost matrix with the argmax and the CRM decisions. docs/results.md's severity table comes
 # from here.
 #   usage: scripts/bench_severity.sh OUT MODEL EPOCHS [SEED ...]    (default seeds: 0 1)
-# Two trainings run side by side with one thread each (a 2-core machine).
+# Two trainings run side by side with one thread each (a 2-core machine); PARALLEL=0 runs them
+# one after another. TRAIN_ARGS (environment): more `cnnrnn train` flags for every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1 model=$2 epochs=$3
@@ -18,12 +19,17 @@ train() {  # name seed flags...
   shift 2
   if [ -f "$dir/last.pt" ]; then "$bin" train --resume "$dir" --quiet
   else "$bin" train --model "$model" --epochs "$epochs" --seed "$s" --set threads=1 \
-         --out "$dir" --quiet "$@"; fi
+         --out "$dir" --quiet ${TRAIN_ARGS:-} "$@"; fi
 }
 for seed in "${seeds[@]}"; do
-  train ce "$seed" &
-  train soft "$seed" --loss soft-labels --costs hierarchy &
-  wait
+  if [ "${PARALLEL:-1}" = 1 ]; then
+    train ce "$seed" &
+    train soft "$seed" --loss soft-labels --costs hierarchy &
+    wait
+  else
+    train ce "$seed"
+    train soft "$seed" --loss soft-labels --costs hierarchy
+  fi
   train ec "$seed" --loss expected-cost --costs hierarchy
 done
 # cost matrices: the hierarchy, the seed-0 plain run's validation confusion and class rows

@@ -1,6 +1,7 @@
 """Markdown tables for docs/results.md from finished benchmark runs.
 
 usage: python scripts/results_tables.py multilabel OUT   (the OUT of bench_multilabel.sh)
+       python scripts/results_tables.py severity OUT     (the OUT of bench_severity.sh)
 """
 
 from __future__ import annotations
@@ -36,6 +37,38 @@ def multilabel(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+METHODS = (("ce", "argmax", "cross-entropy"), ("ce", "crm", "cross-entropy + CRM"),
+           ("soft", "argmax", "soft labels"), ("soft", "crm", "soft labels + CRM"),
+           ("ec", "argmax", "expected cost"), ("ec", "crm", "expected cost + CRM"))
+SEVERITY_KEYS = ("accuracy", "mistake_severity", "hdist@1", "hdist@3")
+
+
+def _cell(values: list[float], percent: bool) -> str:
+    scale = 100 if percent else 1
+    mean = scale * sum(values) / len(values)
+    spread = scale * (max(values) - min(values))
+    unit = " %" if percent else ""
+    return f"{mean:.2f}{unit} ± {spread / 2:.2f}" if percent else f"{mean:.4f} ± {spread / 2:.4f}"
+
+
+def severity(out: Path) -> str:
+    """One table per cost matrix: each training method and decision, mean ± half the range
+    over the seeds, of top-1 accuracy and the severity metrics measured under that matrix."""
+    lines = []
+    for costs in ("hierarchy", "confusion", "embeddings"):
+        lines += [f"\n**measured under the `{costs}` cost matrix**\n",
+                  "| training, decision | seeds | top-1 accuracy | mistake severity | hdist@1 | "
+                  "hdist@3 |", "|---|---:|---:|---:|---:|---:|"]
+        for loss, decision, name in METHODS:
+            files = sorted(out.glob(f"{loss}-s*/test-{costs}-{decision}.json"))
+            if not files:
+                continue
+            rs = [json.loads(f.read_text()) for f in files]
+            cells = [_cell([r[k] for r in rs], k == "accuracy") for k in SEVERITY_KEYS]
+            lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _n(prior_dir: Path) -> int:
     for f in prior_dir.glob("*/test*.json"):
         return json.loads(f.read_text())["n"]
@@ -44,4 +77,4 @@ def _n(prior_dir: Path) -> int:
 
 if __name__ == "__main__":
     kind, out = sys.argv[1], Path(sys.argv[2])
-    print({"multilabel": multilabel}[kind](out), end="")
+    print({"multilabel": multilabel, "severity": severity}[kind](out), end="")
