@@ -584,7 +584,9 @@ def analyze_severity(
         per_class[name] = result["per_class_severity"]
         typer.echo(f"{name}: accuracy {100 * result['accuracy']:.2f} %, mistake severity "
                    f"{result['mistake_severity']:.4f}, hdist@1 {result['hdist@1']:.4f}")
-    plot_per_class_severity(per_class, CLASSES, out, f"mistake severity per class ({costs})")
+    where = Path(costs).stem if Path(costs).suffix else costs
+    plot_per_class_severity(per_class, CLASSES, out, f"mistake severity per class under the "
+                            f"{where} costs (test set)")
     typer.echo(f"wrote {out}")
 
 
