@@ -594,6 +594,9 @@ def analyze_severity(
 def analyze_compare_costs(
     files: Annotated[list[Path], typer.Argument(help="Cost files (CSV/JSON) or 'hierarchy'")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        help="Also draw the matrices side by side as heatmaps (.png, .pdf, .svg), classes in "
+        "the clustered order of the first")] = None,
 ) -> None:
     """Spearman rank correlation between cost matrices, and which sanity orders hold."""
     from cnnrnn.analysis.costs import compare_costs, markdown
@@ -602,6 +605,15 @@ def analyze_compare_costs(
     if len(files) < 2:
         raise CnnrnnError("give at least two cost matrices to compare")
     matrices = {Path(f).stem: load_costs(f) for f in files}
+    if plot is not None:
+        from cnnrnn.analysis.embeddings import cluster_order
+        from cnnrnn.data.fashion_mnist import CLASSES
+        from cnnrnn.plots import figure_path, plot_distance_heatmaps
+
+        figure_path(plot)
+        order, _ = cluster_order(next(iter(matrices.values())))
+        plot_distance_heatmaps(matrices, CLASSES, order, plot, "cost matrices")
+        typer.echo(f"wrote {plot}", err=True)
     result = compare_costs(matrices)
     if as_json:
         _echo_json(result)

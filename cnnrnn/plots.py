@@ -193,9 +193,9 @@ def plot_distance_heatmaps(distances: Mapping[str, np.ndarray], class_names: Seq
             for j in range(len(names)):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if m[i, j] < 0.6 * m.max() else "black")
-        ax.set_title(f"{metric} distance")
+        ax.set_title(f"{metric} distance" if metric in ("cosine", "euclidean") else metric)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"{title}: label-embedding distances (clustered order)")
+    fig.suptitle(f"{title} (clustered order)")
     fig.tight_layout()
     return _save(fig, out)
 

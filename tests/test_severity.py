@@ -260,7 +260,9 @@ def test_analyze_costs_and_compare(runs, tmp_path):
         assert is_cost_matrix(read_costs(tmp_path / f"{source}.csv")), source
         assert (tmp_path / f"{source}.json").is_file()
     result = json.loads(cli("analyze", "compare-costs", tmp_path / "hierarchy.csv",
-                            tmp_path / "embeddings.csv", tmp_path / "confusion.csv", "--json"))
+                            tmp_path / "embeddings.csv", tmp_path / "confusion.csv", "--json",
+                            "--plot", tmp_path / "side.png"))
+    assert (tmp_path / "side.png").read_bytes()[:4] == b"\x89PNG"
     assert set(result["spearman"]) == {"hierarchy vs embeddings", "hierarchy vs confusion",
                                        "embeddings vs confusion"}
     assert all(-1 <= r <= 1 for r in result["spearman"].values())

@@ -102,7 +102,7 @@ def analyze_embeddings(run: str | Path, fmnist: FashionMNIST, out: str | Path | 
     order, z = cluster_order(distances["cosine"])
     title = run_title(Path(run).resolve().name, cfg.model)
     written.append(plot_distance_heatmaps(distances, CLASSES, order, out / "distances.png",
-                                          title))
+                                          f"{title}: label-embedding distances"))
     written.append(plot_dendrogram(z, CLASSES, out / "dendrogram.png", title))
 
     data = task.prepare(cfg, fmnist)
