@@ -143,7 +143,7 @@ class TrainConfig:
     precision: str = "fp32"  # bf16 autocast is ~4.5x faster on CPUs with AVX512-BF16
     val_size: int = 5000  # held out from the 60,000 training images
     limit_train: int = 0  # train on the first N training images / N mosaics per epoch; 0 = all
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 0  # torch CPU threads; 0 = torch's default; -1 = auto (precision.auto_threads)
     channels_last: bool = True  # NHWC memory layout: ~20 % faster convolutions on CPU
     checkpoint_minutes: float = 10.0  # also save last.pt inside an epoch this often; 0 = off
     compile: bool = False  # torch.compile the training step's model (GPUs; minutes to compile)
@@ -156,7 +156,8 @@ class TrainConfig:
             _check_choice(key, getattr(self, key), choices)
         _check_min({"epochs": self.epochs, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "val_size": self.val_size}, 1)
-        _check_min({"limit_train": self.limit_train, "threads": self.threads,
+        _check_min({"threads": self.threads}, -1)
+        _check_min({"limit_train": self.limit_train,
                     "weight_decay": self.weight_decay, "momentum": self.momentum,
                     "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip,
                     "seed": self.seed, "checkpoint_minutes": self.checkpoint_minutes}, 0)

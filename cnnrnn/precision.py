@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from pathlib import Path
 
@@ -53,3 +54,28 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def busy_cpus() -> int:
+    """How many CPUs other processes keep busy now: the runnable tasks the kernel counts beside
+    this one (/proc/loadavg), or the 1-minute load average where that is all there is."""
+    try:
+        fields = Path("/proc/loadavg").read_text().split()
+        return max(0, int(fields[3].split("/")[0]) - 1)  # minus this process
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        return round(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return 0
+
+
+def auto_threads() -> int:
+    """`threads = -1`: the CPUs this process may use less the busy ones, at least 1. Beside
+    another busy job on 2 cores that is 1 thread, where torch's default of 2 makes every step
+    wait for the core the other job holds (docs/results.md measures it)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - busy_cpus())

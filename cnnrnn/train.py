@@ -39,7 +39,7 @@ from cnnrnn.data.loader import mix_seed
 from cnnrnn.distributed import World
 from cnnrnn.errors import CheckpointError, CnnrnnError
 from cnnrnn.models.registry import count_parameters
-from cnnrnn.precision import autocast, resolve_device
+from cnnrnn.precision import auto_threads, autocast, resolve_device
 from cnnrnn.progress import Reporter
 from cnnrnn.run_dir import LAST, VAL_METRICS, RunDir
 from cnnrnn.tasks import Task, TaskData, get_task, run_predict
@@ -194,7 +194,7 @@ def validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
 def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
            data_dir: str | Path | None, world: World) -> tuple[Session, RunState]:
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(auto_threads() if cfg.threads == -1 else cfg.threads)
     device = world.device(resolve_device(cfg.device))
     task = get_task(cfg.task)
     state = run.check_resumable(cfg) if resume else None

@@ -324,3 +324,19 @@ def test_evaluate_under_another_label_prior(run, data_dir, user_error):
                           "--data-dir", data_dir))
     assert rows[0]["exact"] == pytest.approx(shifted["exact_match"])
     user_error("--prior applies to multilabel runs", "evaluate", run, "--prior", "independent")
+
+
+def test_auto_threads_leave_the_busy_cpus_alone(monkeypatch, tmp_path, data_dir):
+    import cnnrnn.precision as precision
+
+    monkeypatch.setattr(precision.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for busy, want in ((0, 2), (1, 1), (5, 1)):
+        monkeypatch.setattr(precision, "busy_cpus", lambda b=busy: b)
+        assert precision.auto_threads() == want
+    monkeypatch.setattr(precision, "busy_cpus", lambda: 1)
+    cfg = load_config("single-label", "gru", overrides={
+        "limit_train": 256, "val_size": 500, "batch_size": 64, "model.hidden_size": 8,
+        "epochs": 1, "threads": -1})
+    train(cfg, tmp_path / "auto", data_dir=data_dir)
+    env = json.loads((tmp_path / "auto" / "environment.json").read_text())[0]
+    assert env["threads"] == 1  # recorded as used

@@ -186,7 +186,7 @@ def test_config_errors(tmp_path):
         load_config("single-label", "gru", overrides={"multilabel.beam_width": 2})
     for key, value, message in [("lr", float("nan"), "lr must be a finite number > 0"),
                                 ("grad_clip", -1.0, "grad_clip must be >= 0"),
-                                ("threads", -2, "threads must be >= 0"),
+                                ("threads", -2, "threads must be >= -1"),
                                 ("weight_decay", -0.1, "weight_decay must be >= 0"),
                                 ("val_size", 0, "val_size must be >= 1")]:
         with pytest.raises(ConfigError, match=message):
