@@ -20,12 +20,6 @@ app = typer.Typer(
     help="Recurrent and convolutional networks reading Fashion-MNIST images and labels.")
 
 
-def torch_meta():  # noqa: ANN201 - the torch.device("meta") context, imported late
-    import torch
-
-    return torch.device("meta")
-
-
 data_app = typer.Typer(no_args_is_help=True, help="Find, verify, download and draw the data.")
 app.add_typer(data_app, name="data")
 analyze_app = typer.Typer(no_args_is_help=True, help="Analyses of trained runs.")
@@ -38,6 +32,15 @@ DataDir = Annotated[Path | None, typer.Option(
 
 def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=1))
+
+
+def _run_labels(label: list[str] | None, runs: list[Path]) -> list[str]:
+    """One name per run: the --label values in order, else the run folders' names."""
+    labels = label or [Path(r).resolve().name for r in runs]
+    if len(labels) != len(runs):
+        raise CnnrnnError(f"{len(labels)} --label for {len(runs)} runs; give one --label per "
+                          "run, in order")
+    return labels
 
 
 def _note(message: str) -> None:
@@ -63,15 +66,14 @@ def _root(version: Annotated[bool, typer.Option(
 def models() -> None:
     """The models by task: name, parameters with their recipe, and what each is."""
     from cnnrnn.config import TASKS, load_config
-    from cnnrnn.models import count_parameters, get_entry, model_names
+    from cnnrnn.evaluate import parameter_count
+    from cnnrnn.models import get_entry, model_names
     from cnnrnn.tasks import get_task
 
     for task in TASKS:
         typer.echo(f"{task}:")
         for name in model_names(task):
-            cfg = load_config(task, name)
-            with torch_meta():
-                n = count_parameters(get_task(task).build(cfg, None))
+            n = parameter_count(get_task(task), load_config(task, name))
             typer.echo(f"  {name:8s} {n:>11,} parameters  recipe configs/"
                        f"{task.replace('-', '_')}/{name}.toml")
             typer.echo(f"           {get_entry(name).doc}")
@@ -318,10 +320,7 @@ def compare(
     if as_json and as_csv:
         raise CnnrnnError("choose one of --json and --csv")
     figure_path(plot)  # a wrong extension fails before the runs are evaluated
-    labels = label or [Path(r).resolve().name for r in runs]
-    if len(labels) != len(runs):
-        raise CnnrnnError(f"{len(labels)} --label for {len(runs)} runs; give one --label per "
-                          "run, in order")
+    labels = _run_labels(label, runs)
     twice = sorted({name for name in labels if labels.count(name) > 1})
     if twice:
         raise CnnrnnError(f"two runs are both named {twice[0]!r}; tell them apart with one "
@@ -571,9 +570,7 @@ def analyze_severity(
     from cnnrnn.plots import figure_path, plot_per_class_severity
 
     figure_path(out)
-    labels = label or [Path(r).resolve().name for r in runs]
-    if len(labels) != len(runs):
-        raise CnnrnnError(f"{len(labels)} --label for {len(runs)} runs; give one per run")
+    labels = _run_labels(label, runs)
     per_class = {}
     for name, run in zip(labels, runs, strict=True):
         result = evaluate_run(run, "test", data_dir, options={"costs": costs,

@@ -27,16 +27,19 @@ from cnnrnn.run_dir import CONFIG, RunDir
 from cnnrnn.tasks import Task, apply_eval_options, get_task, run_predict
 
 SPLITS = ("test", "val")
-
-
 MAX_PARAMETERS = 2_000_000_000  # a stored config asking for more is corrupt or edited
+
+
+def parameter_count(task: Task, cfg: TrainConfig) -> int:
+    """The parameters of `cfg`'s model, counted on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        return count_parameters(task.build(cfg, None))
 
 
 def build_checked(task: Task, cfg: TrainConfig, where: str | Path) -> nn.Module:
     """The bare model of a stored config, after counting its parameters on the meta device
     (no memory): an absurd architecture is refused before anything is allocated."""
-    with torch.device("meta"):
-        n = count_parameters(task.build(cfg, None))
+    n = parameter_count(task, cfg)
     if n > MAX_PARAMETERS:
         raise CnnrnnError(f"the config stored in {where} describes a {cfg.model} of {n:,} "
                           "parameters; refusing to build it (is the checkpoint corrupt or "
@@ -110,13 +113,13 @@ def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | No
     cfg, task, model, state = load_run(run, checkpoint, device, say)
     cfg = apply_eval_options(cfg, run, options or {})  # a wrong option fails before the data
     return _evaluate_loaded(run, cfg, task, model, state, load_fashion_mnist(data_dir), split,
-                            checkpoint, device, {})
+                            checkpoint, device)
 
 
 def _evaluate_loaded(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Module,
                      state: dict[str, Any], fmnist: FashionMNIST, split: str, checkpoint: str,
-                     device: str, options: dict[str, Any]) -> dict[str, Any]:
-    cfg = apply_eval_options(cfg, run, options)
+                     device: str) -> dict[str, Any]:
+    """Metrics of a loaded run whose `cfg` already carries its evaluation options."""
     data = task.prepare(cfg, fmnist)
     images, targets = ((data.test_images, data.test_targets) if split == "test"
                        else (data.val_images, data.val_targets))
@@ -166,7 +169,7 @@ def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None
     rows = []
     for run, (cfg, task, model, state), history in zip(runs, loaded, histories, strict=True):
         key = f"val_{task.primary}"
-        test = _evaluate_loaded(run, cfg, task, model, state, fmnist, "test", "best", "cpu", {})
+        test = _evaluate_loaded(run, cfg, task, model, state, fmnist, "test", "best", "cpu")
         rows.append({"run": Path(run).name, "task": cfg.task, "model": cfg.model,
                      "parameters": count_parameters(model), "epochs": len(history),
                      "ms_per_step": statistics.median(r["ms_per_step"] for r in history),

@@ -76,9 +76,6 @@ class RunDir:
     def save(self, state: dict[str, Any], which: str) -> None:
         save_checkpoint(state, self.checkpoint_path(which))
 
-    def saved_config(self, which: str = "best") -> TrainConfig:
-        return config_from_dict(self.load(which)["config"])
-
     # ---- text files ----------------------------------------------------------------------
 
     def write_config(self, cfg: TrainConfig) -> None:

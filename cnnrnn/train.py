@@ -336,9 +336,8 @@ def _save_mid_epoch(s: Session, st: RunState, sums: dict[str, Any]) -> None:
 def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporter) -> None:
     """Validate, append the epoch's row, save last.pt (and best.pt if it improved)."""
     epoch = st.epoch
+    # over the ranks; one process gets its own sums back untouched
     loss_sum, correct, seen = s.world.sum(sums["loss_sum"], sums["correct"], sums["seen"])
-    if not s.world.distributed:  # one process: the sums exactly as they were added
-        loss_sum, correct, seen = sums["loss_sum"], sums["correct"], sums["seen"]
     st.epoch, st.step_in_epoch, st.rng, st.partial, st.cuda_rng = epoch + 1, 0, None, None, None
     if not s.world.is_main:  # rank 0 validates, saves and reports
         return

@@ -109,17 +109,25 @@ def test_sigterm_saves_and_the_run_resumes(tmp_path, data_dir):
     assert sessions[0]["command"][1:3] == ["train", "--epochs"]  # the command line as typed
 
 
-class CrashAfter(Reporter):
-    """A crash that no handler sees (an exception out of the step), after `n` steps."""
+class AfterSteps(Reporter):
+    """Does `act()` after `n` training steps: a crash no handler sees, or a real Ctrl-C."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, act):
         super().__init__(enabled=False)
-        self.n = n
+        self.n, self.act = n, act
 
     def step(self, loss: float, accuracy: float | None) -> None:
         self.n -= 1
         if self.n == 0:
-            raise RuntimeError("power cut")
+            self.act()
+
+
+def power_cut() -> None:
+    raise RuntimeError("power cut")
+
+
+def ctrl_c() -> None:
+    signal.raise_signal(signal.SIGINT)
 
 
 def test_mid_epoch_checkpoints_lose_at_most_their_interval(tmp_path, data_dir):
@@ -129,24 +137,13 @@ def test_mid_epoch_checkpoints_lose_at_most_their_interval(tmp_path, data_dir):
           data_dir=data_dir)
     cfg = load_config("single-label", "gru", overrides={**over, "checkpoint_minutes": 1e-9})
     with pytest.raises(RuntimeError, match="power cut"):
-        train(cfg, tmp_path / "cut", data_dir=data_dir, reporter=CrashAfter(11))
+        train(cfg, tmp_path / "cut", data_dir=data_dir, reporter=AfterSteps(11, power_cut))
     state = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)  # saved after step 10 of 16
     cli("train", "--resume", tmp_path / "cut", "--data-dir", data_dir, "--quiet")
     a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # the crash cost nothing but time
-
-
-class InterruptAfter(Reporter):
-    def __init__(self, n: int):
-        super().__init__(enabled=False)
-        self.n = n
-
-    def step(self, loss: float, accuracy: float | None) -> None:
-        self.n -= 1
-        if self.n == 0:
-            signal.raise_signal(signal.SIGINT)
 
 
 def test_ctrl_c_during_encoder_pretraining_stops_the_command(tmp_path, data_dir, monkeypatch):
@@ -158,7 +155,7 @@ def test_ctrl_c_during_encoder_pretraining_stops_the_command(tmp_path, data_dir,
         "multilabel.encoder_limit_train": 512})
     with pytest.raises(Interrupted, match="interrupted while pretraining the encoder; run the "
                                           "same command again"):
-        prepare(cfg, data_dir=data_dir, reporter=InterruptAfter(2))
+        prepare(cfg, data_dir=data_dir, reporter=AfterSteps(2, ctrl_c))
     ready = prepare(cfg, data_dir=data_dir)  # the next run resumes the pretraining
     assert Path(ready.multilabel.encoder_checkpoint, "best.pt").is_file()
 

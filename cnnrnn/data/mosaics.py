@@ -312,17 +312,18 @@ def write_mosaics_with_cells(out: str | Path, fmnist: FashionMNIST, split: str, 
     default layout pastes items as is, so every filled cell is compared with its item)."""
     images, labels, cells, items = make_split_mosaics_with_cells(fmnist, split, n, prior, seed)
     pool = fmnist.test_images if split == "test" else fmnist.train_images
-    check_cells(images, labels, cells, items, str(out), pool)
-    return save_mosaics(out, images, labels, cells, items)
+    return save_mosaics(out, images, labels, cells, items, pool=pool)
 
 
 def save_mosaics(path: str | Path, images: torch.Tensor | np.ndarray,
                  labels: torch.Tensor | np.ndarray, cells: torch.Tensor | np.ndarray | None = None,
-                 items: torch.Tensor | np.ndarray | None = None) -> Path:
+                 items: torch.Tensor | np.ndarray | None = None,
+                 pool: torch.Tensor | np.ndarray | None = None) -> Path:
     """Write mosaics to an .npz with arrays images (N, S, S) uint8 and labels (N, 10) uint8.
 
     With `cells` and `items` (both or neither; see `make_split_mosaics_with_cells`) the file
-    also holds them, (N, C) int64 each, after `check_cells`. The file is written atomically
+    also holds them, (N, C) int64 each, after `check_cells` (against the item images `pool`
+    too when given). The file is written atomically
     (`cnnrnn.files.atomic_write`): a crash leaves no half file.
     """
     images, labels = np.asarray(images), np.asarray(labels)
@@ -334,7 +335,7 @@ def save_mosaics(path: str | Path, images: torch.Tensor | np.ndarray,
             raise DataError("save_mosaics: give both cells and items, or neither")
         arrays.update(cells=np.asarray(cells, dtype=np.int64),
                       items=np.asarray(items, dtype=np.int64))
-        check_cells(images, labels, arrays["cells"], arrays["items"], str(path))
+        check_cells(images, labels, arrays["cells"], arrays["items"], str(path), pool)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a file object, so numpy does not append ".npz" to the name
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
