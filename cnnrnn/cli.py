@@ -490,8 +490,9 @@ def analyze_saliency(
     out: Annotated[Path | None, typer.Option(
         help="Output folder (default RUN/analysis/saliency)")] = None,
     method: Annotated[str, typer.Option(
-        help="The maps the figure shows: gradcam, input-gradients or hirescam (the JSON "
-        "scores all three); attention is refused: these models have none")] = "gradcam",
+        help="The maps the figure shows: gradcam, input-gradients, hirescam, or attention "
+        "(CNN-RNNs with model.decoder=attention: the steps' attention weights); the JSON "
+        "scores every method the run has")] = "gradcam",
     target: Annotated[str, typer.Option(
         help="cnn-rnn runs: explain each step's score of its label, s_t of eq. 5 (score), or "
         "its log-probability (log-prob)")] = "score",

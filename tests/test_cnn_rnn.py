@@ -52,6 +52,13 @@ class TinyEncoder(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def cells(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 64) channel-major -> (B, 4, 16), as VGGEncoder.cells."""
+        return features.reshape(features.shape[0], 16, 4).transpose(1, 2)
+
+
+DECODERS = ["paper", "attention"]
+
 
 def make_model(K: int = 10, seed: int = 0, **kwargs) -> CNNRNN:
     defaults = dict(embed_dim=16, hidden_size=32)
@@ -141,9 +148,11 @@ def test_shapes_and_label_embedding():
     assert label_sets.dtype == torch.uint8 and scores.dtype == torch.float32
 
 
-@pytest.mark.parametrize(("order", "aux_bce"), [("fixed", 0.0), ("pla", 0.0), ("fixed", 0.5)])
-def test_every_parameter_gets_a_gradient(order, aux_bce):
-    model = make_model(order=order, aux_bce=aux_bce).train()
+@pytest.mark.parametrize(("order", "aux_bce", "decoder"),
+                         [("fixed", 0.0, "paper"), ("pla", 0.0, "paper"), ("fixed", 0.5, "paper"),
+                          ("fixed", 0.0, "attention"), ("pla", 0.0, "attention")])
+def test_every_parameter_gets_a_gradient(order, aux_bce, decoder):
+    model = make_model(order=order, aux_bce=aux_bce, decoder=decoder).train()
     assert (model.aux_head is not None) == (aux_bce > 0)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(6, 1, 28, 28, generator=gen)
@@ -227,12 +236,72 @@ def test_pla_targets_are_a_permutation_of_the_true_labels_then_end():
     assert torch.equal(targets[:, 0], expected)
 
 
+# ---- CNN-RNN: the attention decoder and label dropout ---------------------------------------
+
+
+def test_attention_weighs_the_cells_and_the_image_term_is_their_weighted_sum():
+    model = make_model(decoder="attention", seed=8)
+    gen = torch.Generator().manual_seed(8)
+    features = torch.randn(5, 64, generator=gen)
+    inputs = torch.tensor([[model.START, 3, 1, 7]] * 5)
+    weights = model.attention_weights(features, inputs)  # (B, T, G)
+    assert weights.shape == (5, 4, 4)
+    assert torch.allclose(weights.sum(-1), torch.ones(5, 4), atol=1e-6)
+    assert (weights > 0).all()
+    # the step's image term is U_I^x applied to the attended mixture of the cells
+    o, _ = model.lstm(model.U_l[inputs])
+    image, w = model.attend(o, model.image_context(features))
+    cells = model.encoder.cells(features)  # (B, G, C)
+    assert torch.allclose(image, model.U_I_x(w @ cells), atol=1e-5)
+    # and the weights depend on the step: different previous labels, different cells
+    assert not torch.allclose(weights[:, 0], weights[:, 1])
+    # the cells are the encoder's 2x2 map, row-major: channel c of cell i is feature c*4 + i
+    assert torch.equal(cells[:, 2, 5], features[:, 5 * 4 + 2])
+
+
+def test_attention_follows_the_cell_that_holds_the_label():
+    """Cells filled by hand: with W_c reading a cell's 'label channel', a trained-by-hand
+    attention picks the cell whose content matches what the query asks for."""
+    model = make_model(decoder="attention", seed=9, attention_dim=1)
+    with torch.no_grad():
+        model.att_cells.weight.zero_()
+        model.att_cells.weight[0, 3] = 10.0  # energy grows with channel 3 of the cell
+        model.att_query.weight.zero_()
+        model.att_query.bias.zero_()
+        model.att_v.weight.fill_(10.0)  # energies 10 tanh(10 c_3): 10 against 0
+    cells = torch.zeros(2, 4, 16)
+    cells[0, 2, 3] = 1.0  # mosaic 0: cell 2 holds the feature
+    cells[1, 0, 3] = 1.0  # mosaic 1: cell 0
+    features = cells.transpose(1, 2).reshape(2, 64)  # back to channel-major
+    w = model.attention_weights(features, torch.tensor([[model.START]] * 2))[:, 0]
+    assert w.argmax(1).tolist() == [2, 0] and (w.max(1).values > 0.9).all()
+
+
+def test_label_dropout_drops_previous_labels_only_in_training():
+    model = make_model(label_dropout=0.5, seed=10)
+    inputs = torch.tensor([[model.START] + [1, 2, 3, 4] * 50])  # (1, 201)
+    assert torch.equal(model.eval()._embed_inputs(inputs), model.U_l[inputs])
+    w = model.train()._embed_inputs(inputs)[0]
+    dropped = (w == 0).all(1)
+    assert not dropped[0]  # START is never dropped
+    assert 0.35 < dropped[1:].float().mean() < 0.65
+    kept = ~dropped
+    assert torch.equal(w[kept], model.U_l[inputs[0]][kept])
+    with pytest.raises(ConfigError, match="label_dropout"):
+        make_model(label_dropout=1.0)
+    with pytest.raises(ConfigError, match="unknown decoder"):
+        make_model(decoder="transformer")
+    with pytest.raises(ConfigError, match="no attention"):
+        make_model().attention_weights(torch.zeros(1, 64), inputs)
+
+
 # ---- CNN-RNN: beam search ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("K", [3, 4])
-def test_wide_beam_equals_exhaustive_search(K):
-    model = make_model(K=K, seed=K)
+def test_wide_beam_equals_exhaustive_search(K, decoder):
+    model = make_model(K=K, seed=K, decoder=decoder)
     features = torch.randn(6, 64, generator=torch.Generator().manual_seed(K)) * 3
     paths = all_paths(K)
     logp = path_log_probs(model, features, paths)  # (B, S)
@@ -249,8 +318,9 @@ def test_wide_beam_equals_exhaustive_search(K):
     assert torch.allclose(decoded.log_probs[:, :5], top5, atol=1e-5)
 
 
-def test_greedy_equals_beam_width_one():
-    model = make_model(K=10, seed=5)
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_greedy_equals_beam_width_one(decoder):
+    model = make_model(K=10, seed=5, decoder=decoder)
     features = torch.randn(16, 64, generator=torch.Generator().manual_seed(5)) * 3
     ref_paths, ref_logp = greedy_reference(model, features)
     decoded = model.decode(features, beam_width=1)
@@ -280,12 +350,14 @@ def test_decoded_paths_never_repeat_a_label(beam_width):
     assert torch.all((decoded.scores >= 0) & (decoded.scores <= 1))
 
 
-@pytest.mark.parametrize("order", ["fixed", "pla"])
-def test_decoder_overfits_a_few_images(order):
+@pytest.mark.parametrize(("order", "decoder"),
+                         [("fixed", "paper"), ("pla", "paper"), ("fixed", "attention")])
+def test_decoder_overfits_a_few_images(order, decoder):
     gen = torch.Generator().manual_seed(7)
     x = torch.rand(8, 1, 28, 28, generator=gen)
     y = random_label_sets(8, 10, gen, max_labels=4)
-    model = make_model(K=10, seed=7, order=order, label_priority=list(reversed(range(10))))
+    model = make_model(K=10, seed=7, order=order, label_priority=list(reversed(range(10))),
+                       decoder=decoder)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=3e-3)  # the paper's optimizer
     model.train()
     for _ in range(400):  # exact match after about 150 (fixed) and 230 (pla) steps

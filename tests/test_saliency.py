@@ -12,7 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from cnnrnn.analysis.saliency import (
+    ATTENTION,
     METHODS,
+    attention_maps,
     bce_saliency,
     cell_saliency,
     cnn_rnn_saliency,
@@ -34,6 +36,7 @@ from cnnrnn.data.mosaics import (
     make_split_mosaics_with_cells,
 )
 from cnnrnn.errors import CnnrnnError, DataError
+from cnnrnn.evaluate import load_run
 from cnnrnn.models.bce import BCEHead
 from cnnrnn.models.cnn_rnn import CNNRNN
 from cnnrnn.models.vgg import VGGEncoder
@@ -292,6 +295,8 @@ def tiny_runs(tmp_path_factory, data_dir):
     invoke("train", "--task", "multilabel", "--out", str(root / "cnn-rnn"), *tiny,
            "--set", "model.hidden_size=16", "--lr", "0.03")
     invoke("train", "--task", "multilabel", "--model", "bce", "--out", str(root / "bce"), *tiny)
+    invoke("train", "--task", "multilabel", "--out", str(root / "attention"), *tiny,
+           "--set", "model.hidden_size=16", "--lr", "0.03", "--set", "model.decoder=attention")
     return root
 
 
@@ -299,7 +304,7 @@ def in_unit(value) -> bool:
     return value is not None and 0.0 <= value <= 1.0 and not math.isnan(value)
 
 
-@pytest.mark.parametrize("model", ["cnn-rnn", "bce"])
+@pytest.mark.parametrize("model", ["cnn-rnn", "bce", "attention"])
 def test_analyze_saliency_writes_the_figure_and_the_scores(tiny_runs, data_dir, model):
     run = tiny_runs / model
     result = json.loads(invoke("analyze", "saliency", str(run), "--n", "100", "--json",
@@ -310,7 +315,7 @@ def test_analyze_saliency_writes_the_figure_and_the_scores(tiny_runs, data_dir, 
     assert result["mosaics"] == 100 and result["scored"] > 0
     assert in_unit(result["chance"]) and in_unit(result["occupied_share"])
     assert result["items_per_mosaic_over_cells"] == pytest.approx(result["items_per_mosaic"] / 4)
-    assert set(result["methods"]) == set(METHODS)
+    assert set(result["methods"]) == set(METHODS) | ({ATTENTION} if model == "attention" else set())
     for scores in result["methods"].values():
         assert in_unit(scores["localisation"]) and in_unit(scores["peak_on_item"])
         assert scores["chance"] == result["chance"]
@@ -318,7 +323,31 @@ def test_analyze_saliency_writes_the_figure_and_the_scores(tiny_runs, data_dir, 
         assert sum(r["scored"] for r in scores["by_items"].values()) == result["scored"]
         for row in scores["by_items"].values():
             assert row["scored"] == 0 or in_unit(row["localisation"]) and in_unit(row["chance"])
-    assert ("by_step" in result["methods"]["gradcam"]) == (model == "cnn-rnn")
+    assert ("by_step" in result["methods"]["gradcam"]) == (model != "bce")
+
+
+def test_attention_maps_fill_each_cell_with_its_weight_and_score_the_most_attended_cell():
+    weights = torch.tensor([[[0.1, 0.2, 0.6, 0.1], [0.7, 0.1, 0.1, 0.1]]])  # (1, T=2, G=4)
+    maps = attention_maps(weights, 56)
+    assert maps.shape == (1, 2, 56, 56)
+    assert torch.allclose(maps[0, 0, 28:, :28], torch.tensor(0.6))  # cell 2: row 1, column 0
+    per_cell = cell_saliency(maps[0], 2)
+    assert torch.allclose(per_cell / 28**2, weights[0])
+    cells = torch.tensor([[-1, 3, 5, 3], [-1, 3, 5, 3]])  # class 5 in cell 2
+    result = localisation(per_cell, torch.tensor([5, 5]), cells)
+    assert result["localisation"] == 0.5  # step 1 attends cell 2 (a hit), step 2 cell 0
+
+
+def test_attention_saliency_follows_the_decoded_steps(tiny_runs):
+    model = load_run(tiny_runs / "attention")[2]
+    x = mosaics(3)
+    sal = cnn_rnn_saliency(model, x, beam_width=1)
+    labels, inputs = emitted_path(model, model.encode(x), 1)
+    w = model.attention_weights(model.encode(x), inputs)
+    expected = cell_saliency(sal.maps[ATTENTION].flatten(0, 1), 2).view(*labels.shape, 4)
+    valid = labels >= 0
+    assert torch.allclose(expected[valid] / 28**2, w[valid], atol=1e-6)
+    assert (sal.maps[ATTENTION][~valid] == 0).all()
 
 
 def test_analyze_saliency_table_other_method_and_attention(tiny_runs, data_dir, tmp_path):
@@ -329,5 +358,8 @@ def test_analyze_saliency_table_other_method_and_attention(tiny_runs, data_dir, 
     assert (tmp_path / "saliency_input-gradients.png").is_file()
     with pytest.raises(CnnrnnError, match="no attention"):
         invoke("analyze", "saliency", str(run), "--method", "attention", *d)
+    invoke("analyze", "saliency", str(tiny_runs / "attention"), "--n", "20", "--n-figure", "2",
+           "--method", "attention", "--out", str(tmp_path), *d)
+    assert (tmp_path / "saliency_attention.png").is_file()
     with pytest.raises(CnnrnnError, match="multilabel"):
         invoke("analyze", "saliency", str(tiny_runs / "enc"), *d)

@@ -21,6 +21,10 @@ teacher-forced on the emitted labels (START, l_1, ..., l_{T-1}) with gradients o
 relevance, the logit of each predicted label. The maps are computed in fp32, whatever the
 run's precision.
 
+For a CNN-RNN with the attention decoder (`model.decoder = "attention"`) a fourth method,
+"attention", reads the step's attention weights a_t over the grid cells directly (each weight
+fills its mosaic cell): no gradient, and the most attended cell is the peak.
+
 Localisation, on the run's own test mosaics (regenerated with their cells and checked equal to
 the ones `cnnrnn evaluate` reads): a label's peak is the mosaic cell of largest total saliency;
 a correctly emitted label (one in the true set) scores 1 when its peak cell holds an item of
@@ -56,6 +60,7 @@ from cnnrnn.run_dir import RunDir
 from cnnrnn.tasks.multilabel import EVAL_SEED, Multilabel
 
 METHODS = ("gradcam", "input-gradients", "hirescam")
+ATTENTION = "attention"  # the attention decoder's own weights, where the model has them
 TARGETS = ("score", "log-prob")
 BATCH = 100  # mosaics per forward and backward pass
 
@@ -139,7 +144,7 @@ def step_scores(model: CNNRNN, features: Tensor, inputs: Tensor) -> Tensor:
 
     The same pass as `CNNRNN.sequence_log_probs`, before its masked softmax."""
     o, _ = model.lstm(model.U_l[inputs])  # (B, T, H)
-    return model._scores(o, model._project_image(features)[:, None])
+    return model._scores(o, model.image_context(features))
 
 
 def emitted_path(model: CNNRNN, features: Tensor, beam_width: int) -> tuple[Tensor, Tensor]:
@@ -161,15 +166,32 @@ def cnn_rnn_saliency(model: CNNRNN, x: Tensor, beam_width: int, target: str = "s
     if target not in TARGETS:
         raise CnnrnnError(f"unknown saliency target {target!r}; use score or log-prob")
 
+    weights: list[Tensor] = []
+
     def head(features: Tensor) -> tuple[Tensor, Tensor]:
         labels, inputs = emitted_path(model, features, beam_width)
+        if model.decoder == "attention":
+            weights.append(model.attention_weights(features, inputs).detach())  # (B, T, G)
         if target == "log-prob":
             out = model.sequence_log_probs(features, inputs)  # (B, T, K+1)
         else:
             out = step_scores(model, features, inputs)
         return labels, out.gather(2, labels.clamp(min=0)[..., None])[..., 0]
 
-    return _explain(model.encoder, x, head)
+    sal = _explain(model.encoder, x, head)
+    if weights:
+        sal.maps[ATTENTION] = attention_maps(weights[0], x.shape[-1]) * (sal.labels >= 0)[
+            ..., None, None]
+    return sal
+
+
+def attention_maps(weights: Tensor, size: int) -> Tensor:
+    """Attention weights over row-major grid cells (B, T, G) -> (B, T, size, size), each
+    weight filling its cell."""
+    B, T, G = weights.shape
+    g = int(round(G ** 0.5))
+    grid = weights.reshape(B * T, 1, g, g).float()
+    return F.interpolate(grid, size=(size, size), mode="nearest").view(B, T, size, size)
 
 
 def bce_saliency(model: BCEHead, x: Tensor) -> Saliency:
@@ -291,12 +313,9 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
     """Saliency maps and their localisation score for a multilabel run; writes
     saliency.json and the figure saliency_<method>.png into `out` (default
     RUN/analysis/saliency) and returns the JSON's content."""
-    if method == "attention":
-        raise CnnrnnError("these runs have no attention to read: the CNN-RNN (Wang et al. 2016) "
-                          "feeds the same image representation I to every decoding step (eq. 4) "
-                          f"and binary relevance has none; use --method {', '.join(METHODS)}")
-    if method not in METHODS:
-        raise CnnrnnError(f"unknown saliency method {method!r}; use {', '.join(METHODS)}")
+    if method not in (*METHODS, ATTENTION):
+        raise CnnrnnError(f"unknown saliency method {method!r}; use "
+                          f"{', '.join((*METHODS, ATTENTION))}")
     if target not in TARGETS:
         raise CnnrnnError(f"unknown saliency target {target!r}; use score or log-prob")
     if n < 1 or n_figure < 0:
@@ -306,6 +325,14 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
     if not isinstance(task, Multilabel) or not isinstance(model, CNNRNN | BCEHead):
         raise CnnrnnError(f"{run} is a {cfg.task} {cfg.model} run; saliency reads multilabel "
                           "runs (cnn-rnn or bce)")
+    attends = isinstance(model, CNNRNN) and model.decoder == "attention"
+    if method == ATTENTION and not attends:
+        raise CnnrnnError(f"{run} has no attention to read: the paper's CNN-RNN (Wang et al. "
+                          "2016) feeds the same image representation I to every decoding step "
+                          "(eq. 4) and binary relevance has none; train with --set "
+                          "model.decoder=attention, or use --method "
+                          f"{', '.join(METHODS)}")
+    methods = (*METHODS, ATTENTION) if attends else METHODS
     images, truth, cells = run_test_mosaics(cfg, task, fmnist)
     images, truth, cells = images[:n], truth[:n], cells[:n]
     grid = images.shape[-1] // CELL
@@ -313,7 +340,7 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
     is_rnn = isinstance(model, CNNRNN)
     picks = figure_picks(cells, n_figure)
     rows: dict[str, list[Tensor]] = {"mosaic": [], "step": [], "label": [],
-                                     **{m: [] for m in METHODS}}
+                                     **{m: [] for m in methods}}
     shown: dict[int, Saliency] = {}
     for start in range(0, len(images), BATCH):
         x = to_input(images[start:start + BATCH]).to(dev)
@@ -324,7 +351,7 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
         rows["mosaic"].append((start + torch.arange(B)[:, None].expand(B, T))[keep])
         rows["step"].append(torch.arange(T).expand(B, T)[keep])
         rows["label"].append(sal.labels.cpu()[keep])
-        for m in METHODS:
+        for m in methods:
             rows[m].append(cell_saliency(sal.maps[m].flatten(0, 1), grid).view(B, T, -1)
                            .cpu()[keep])
         for i in picks:
@@ -333,9 +360,9 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
                                     {m: v[i - start].detach().cpu() for m, v in sal.maps.items()})
     flat = {k: torch.cat(v) for k, v in rows.items()}
     row_cells = cells[flat["mosaic"]]  # (M, C)
-    scores = summarise({m: flat[m] for m in METHODS}, flat["label"], row_cells, flat["step"],
+    scores = summarise({m: flat[m] for m in methods}, flat["label"], row_cells, flat["step"],
                        by_step=is_rnn)
-    overall = scores[METHODS[0]]
+    overall = scores[methods[0]]
     out = Path(out) if out is not None else RunDir(run) / "analysis" / "saliency"
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
@@ -355,6 +382,8 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
                        f"({grid}x{grid} for these mosaics), nearest-upsampled to the mosaic",
             "input-gradients": "|dy/dx| per input pixel, summed over channels",
             "hirescam": "ReLU(sum_c dy/dA_c * A_c) per position of A, nearest-upsampled",
+            **({ATTENTION: "the decoding step's attention weights a_t over the grid cells"}
+               if attends else {}),
             "peak": "the cell of largest total saliency; tied cells share the credit",
             "localisation": "share of correctly emitted labels whose peak cell holds that class",
             "chance": "mean over the scored labels of (cells holding the class) / cells",

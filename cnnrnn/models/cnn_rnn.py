@@ -12,6 +12,19 @@ search looks for a probable path. Symbols follow the paper (Sec. 3.2):
     s_t          = U_l^T x_t                    one score per label and for END       (eq. 5)
     P(. | I, l_<t) = softmax(s_t), labels already in the path masked out
 
+`decoder="attention"` (after Xu et al., "Show, Attend and Tell", ICML 2015) replaces eq. 4's
+image term, the same at every step, by one that each step chooses: the encoder's G grid cells
+c_1..c_G (C features each) are weighed by additive attention on the recurrent output,
+
+    a_t          = softmax_i(v^T tanh(W_o o(t) + W_c c_i))        (G weights, summing to 1)
+    x_t          = h(U_o^x o(t) + U_I^x sum_i a_t,i c_i)
+
+so a step that names a label reads mostly the cell it attends to, and `a_t` says which one.
+The attention sits after the LSTM, so teacher forcing still runs every step in one pass.
+`label_dropout` p drops each previous-label input w_k(t) (not START) to zero with probability
+p while training: the step must then find the next label in the image more often than in the
+labels before it, which is what a shift of the label prior punishes.
+
 paper_notes.md maps these to the code and gives every choice the paper leaves open.
 """
 
@@ -32,6 +45,10 @@ IGNORE_INDEX = -100  # target padding after END; F.nll_loss skips it
 Order = Literal["fixed", "pla"]
 
 
+Decoder = Literal["paper", "attention"]
+DECODERS: tuple[str, ...] = ("paper", "attention")
+
+
 class Encoder(Protocol):
     """What the CNN-RNN needs from an image encoder (the VGG-16-style encoder satisfies it)."""
 
@@ -39,6 +56,10 @@ class Encoder(Protocol):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 1, H, W) float images -> (B, num_features) image representation I."""
+        ...
+
+    def cells(self, features: Tensor) -> Tensor:
+        """(B, num_features) -> (B, G, C): I as its grid cells, row-major (attention only)."""
         ...
 
 
@@ -82,6 +103,9 @@ class CNNRNN(HasEncoder):
         dropout: float = 0.0,
         freeze_encoder: bool = False,
         aux_bce: float = 0.0,
+        decoder: Decoder = "paper",
+        attention_dim: int = 64,
+        label_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         K = num_labels
@@ -94,6 +118,10 @@ class CNNRNN(HasEncoder):
             raise ConfigError(f"aux_bce is a loss weight >= 0, got {aux_bce}")
         if order not in ("fixed", "pla"):
             raise ConfigError(f"unknown label order {order!r}; use 'fixed' or 'pla'")
+        if decoder not in DECODERS:
+            raise ConfigError(f"unknown decoder {decoder!r}; use {' or '.join(DECODERS)}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ConfigError(f"label_dropout must be in [0, 1), got {label_dropout}")
         self.set_encoder(encoder, freeze_encoder)
         self.num_labels, self.END, self.START = K, K, K + 1
         self.order: Order = order
@@ -103,7 +131,19 @@ class CNNRNN(HasEncoder):
         self.U_l = nn.Parameter(torch.randn(K + 2, embed_dim) * embed_dim**-0.5)  # (K+2, E)
         self.lstm = nn.LSTM(embed_dim, hidden_size, batch_first=True)
         self.U_o_x = nn.Linear(hidden_size, embed_dim, bias=False)
-        self.U_I_x = nn.Linear(encoder.num_features, embed_dim)  # its bias is eq. 4's only one
+        self.decoder: Decoder = decoder
+        self.label_dropout = label_dropout
+        if decoder == "attention":
+            if not hasattr(encoder, "cells"):
+                raise ConfigError(f"the attention decoder needs an encoder with grid cells; "
+                                  f"a {type(encoder).__name__} has none")
+            cell_features = encoder.cells(torch.zeros(1, encoder.num_features)).shape[-1]
+            self.U_I_x = nn.Linear(cell_features, embed_dim)  # applied to the attended cells
+            self.att_cells = nn.Linear(cell_features, attention_dim, bias=False)  # W_c
+            self.att_query = nn.Linear(hidden_size, attention_dim)  # W_o, with the bias
+            self.att_v = nn.Linear(attention_dim, 1, bias=False)  # v
+        else:
+            self.U_I_x = nn.Linear(encoder.num_features, embed_dim)  # its bias: eq. 4's only one
         self.dropout = nn.Dropout(dropout)
         # Semantic regularisation (Liu et al., CVPR 2017): per-label logits from I, trained with
         # BCE beside the sequence loss, so the encoder gets a direct signal for every label.
@@ -117,13 +157,48 @@ class CNNRNN(HasEncoder):
 
     # ---- parts ---------------------------------------------------------------------------
 
-    def _project_image(self, features: Tensor) -> Tensor:
-        return self.U_I_x(self.dropout(features))  # U_I^x I  (B, E), the same at every step
+    def image_context(self, features: Tensor) -> tuple[Tensor, ...]:
+        """What every step reads of the image, computed once per image: (B, D) ->
+        paper: (U_I^x I (B, 1, E),); attention: (U_I^x c_i (B, G, E), W_c c_i (B, G, A)).
 
-    def _scores(self, o: Tensor, image: Tensor) -> Tensor:
-        """s_t for LSTM outputs o (..., H) and projected image (..., E) -> (..., K+1)."""
-        x_t = torch.relu(self.U_o_x(self.dropout(o)) + image)  # eq. 4, (..., E)
+        Rows may be repeated (beam search) with `repeat_context`."""
+        if self.decoder == "paper":
+            return (self.U_I_x(self.dropout(features))[:, None],)  # the same at every step
+        cells = self.dropout(self.encoder.cells(features))  # (B, G, C)
+        # U_I^x (sum_i a_i c_i) = sum_i a_i U_I^x c_i (the a_i sum to 1): project once
+        return self.U_I_x(cells), self.att_cells(cells)
+
+    def attend(self, o: Tensor, context: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        """Eq. 4's image term for LSTM outputs o (B, T, H) -> (B, T, E), and the attention
+        weights a_t (B, T, G) (None for the paper's decoder)."""
+        if self.decoder == "paper":
+            return context[0], None
+        projected, keys = context  # (B, G, E), (B, G, A)
+        energy = self.att_v(torch.tanh(self.att_query(o)[:, :, None] + keys[:, None]))
+        weights = energy[..., 0].softmax(dim=-1)  # (B, T, G)
+        return weights @ projected, weights
+
+    def _scores(self, o: Tensor, context: tuple[Tensor, ...]) -> Tensor:
+        """s_t for LSTM outputs o (B, T, H) and an image context -> (B, T, K+1)."""
+        image, _ = self.attend(o, context)
+        x_t = torch.relu(self.U_o_x(self.dropout(o)) + image)  # eq. 4, (B, T, E)
         return x_t @ self.U_l[: self.START].T  # eq. 5; START is never a target
+
+    def image_embedding(self, features: Tensor) -> Tensor:
+        """The image in label-embedding space: U_I^x I (B, E); for the attention decoder
+        U_I^x applied to the mean of the cells (uniform attention)."""
+        if self.decoder == "paper":
+            return self.U_I_x(features)
+        return self.U_I_x(self.encoder.cells(features)).mean(1)
+
+    def _embed_inputs(self, inputs: Tensor) -> Tensor:
+        """w_k(t) for inputs (B, T) -> (B, T, E); in training, label_dropout zeroes each
+        previous-label input (never START) with its probability."""
+        w = self.U_l[inputs]
+        if self.training and self.label_dropout > 0:
+            drop = torch.rand(inputs.shape, device=inputs.device) < self.label_dropout
+            w = w.masked_fill((drop & (inputs != self.START))[..., None], 0.0)
+        return w
 
     def _masked_log_softmax(self, s: Tensor, emitted: Tensor) -> Tensor:
         """log softmax over the labels not yet `emitted` (..., K) and END; s (..., K+1)."""
@@ -173,12 +248,12 @@ class CNNRNN(HasEncoder):
         T = int(n.max()) + 1
         remaining = y.clone()  # (B, K) true labels not emitted yet
         targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long, device=y.device)
-        image = self._project_image(features)  # (B, E)
+        context = self.image_context(features)
         prev = torch.full((B,), self.START, dtype=torch.long, device=y.device)
         state = None
         for t in range(T):
             o, state = self.lstm(self.U_l[prev][:, None], state)  # (B, 1, H)
-            s = self._scores(o[:, 0], image)[:, :K]  # (B, K)
+            s = self._scores(o, context)[:, 0, :K]  # (B, K)
             best = s.masked_fill(~remaining, float("-inf")).argmax(1)  # (B,)
             end_or_pad = torch.where(n == t, self.END, IGNORE_INDEX)
             targets[:, t] = torch.where(remaining.any(1), best, end_or_pad)
@@ -193,11 +268,21 @@ class CNNRNN(HasEncoder):
         among the inputs get probability 0 (the softmax is renormalised over the rest).
         """
         K = self.num_labels
-        w = self.U_l[inputs]  # (B, T, E): w_k(t) = U_l e_k, eq. 2
+        w = self._embed_inputs(inputs)  # (B, T, E): w_k(t) = U_l e_k, eq. 2
         o, _ = self.lstm(w)  # (B, T, H): o(t), eq. 3
-        s = self._scores(o, self._project_image(features)[:, None])  # (B, T, K+1)
+        s = self._scores(o, self.image_context(features))  # (B, T, K+1)
         emitted = F.one_hot(inputs, K + 2)[..., :K].cumsum(dim=1) > 0  # (B, T, K)
         return self._masked_log_softmax(s, emitted)
+
+    def attention_weights(self, features: Tensor, inputs: Tensor) -> Tensor:
+        """Teacher-forced attention weights a_t (B, T, G) for inputs (B, T) starting with START:
+        where the step after inputs[:, t] looks, cells row-major. Attention decoder only."""
+        if self.decoder != "attention":
+            raise ConfigError("this CNN-RNN has the paper's decoder, which has no attention")
+        o, _ = self.lstm(self._embed_inputs(inputs))
+        _, weights = self.attend(o, self.image_context(features))
+        assert weights is not None
+        return weights
 
     def teacher_forcing(self, features: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(B, D), (B, K) -> log-probs (B, T, K+1) and the targets (B, T) they are scored on."""
@@ -243,7 +328,7 @@ class CNNRNN(HasEncoder):
         B, N, K = features.shape[0], beam_width, self.num_labels
         dev, inf = features.device, float("inf")
         rows = torch.arange(B, device=dev)[:, None]  # (B, 1), for per-image gathers
-        image = self._project_image(features).repeat_interleave(N, dim=0)  # (B*N, E)
+        context = tuple(c.repeat_interleave(N, dim=0) for c in self.image_context(features))
 
         logp = torch.full((B, N), -inf, device=dev)  # open paths; one live path at the start
         logp[:, 0] = 0.0
@@ -256,7 +341,7 @@ class CNNRNN(HasEncoder):
         state = None
         for t in range(K + 1):
             o, state = self.lstm(self.U_l[prev.flatten()][:, None], state)  # (B*N, 1, H)
-            s = self._scores(o[:, 0], image).view(B, N, K + 1)
+            s = self._scores(o, context).view(B, N, K + 1)
             lp = self._masked_log_softmax(s, emitted)  # (B, N, K+1)
             probs = torch.maximum(probs, lp[..., :K].exp())
             top, idx = (logp[..., None] + lp).view(B, N * (K + 1)).topk(N, dim=1)  # (B, N)

@@ -42,7 +42,7 @@ def embed_images(model: nn.Module, x: Tensor) -> Tensor:
     """(B, 1, H, W) model inputs -> (B, D) points in the space of `class_embeddings`."""
     model.eval()
     if isinstance(model, CNNRNN):
-        return model.U_I_x(model.encode(x).float())
+        return model.image_embedding(model.encode(x).float())
     if _last_linear(model) is None:
         raise CnnrnnError(f"a {type(model).__name__} has no label embeddings")
     if hasattr(model, "encode"):  # bce: encoder features go into the head

@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnrnn.errors import ConfigError
 from cnnrnn.models.bce import BCEHead
-from cnnrnn.models.cnn_rnn import CNNRNN
+from cnnrnn.models.cnn_rnn import CNNRNN, DECODERS
 from cnnrnn.models.registry import register
 from cnnrnn.models.vgg import VGGEncoder, check_encoder_input
 
@@ -35,9 +35,24 @@ class CNNRNNArgs:
     hidden_size: int = 256  # LSTM units
     dropout: float = 0.1
     aux_bce: float = 0.0  # weight of a per-label BCE loss on I (semantic regularisation); 0 = paper
+    # "paper": eq. 4's image term the same at every step; "attention": each step attends over
+    # the encoder's image_grid x image_grid cells (Show-Attend-Tell style; see cnn_rnn.py)
+    decoder: str = "paper"
+    attention_dim: int = 64  # A, the size of the attention's hidden layer
+    label_dropout: float = 0.0  # training: drop each previous-label input with this probability
 
     def validate(self) -> None:
         check_encoder_input(self.encoder_input)
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got "
+                              f"{self.decoder!r}")
+        if self.decoder == "attention" and self.image_grid < 2:
+            raise ConfigError("the attention decoder attends over grid cells: set "
+                              "model.image_grid to 2 or more")
+        if self.attention_dim < 1:
+            raise ConfigError(f"attention_dim must be >= 1, got {self.attention_dim}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.image_grid < 1:
             raise ConfigError(f"image_grid must be >= 1, got {self.image_grid}")
         if self.embed_dim < 1 or self.hidden_size < 1:
@@ -72,7 +87,8 @@ def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None 
                                     input_kind=args.encoder_input)
     encoder.use_pooling("max", args.image_grid, args.per_cell)
     return CNNRNN(encoder, num_classes, args.embed_dim, args.hidden_size, label_priority,
-                  order, args.dropout, freeze_encoder, args.aux_bce)  # type: ignore[arg-type]
+                  order, args.dropout, freeze_encoder, args.aux_bce,  # type: ignore[arg-type]
+                  args.decoder, args.attention_dim, args.label_dropout)  # type: ignore[arg-type]
 
 
 def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,

@@ -124,6 +124,14 @@ class VGGEncoder(nn.Module):
         self.pool, self.grid, self.per_cell = pool, grid, per_cell
         self.num_features = self.channels * grid * grid
 
+    def cells(self, features: torch.Tensor) -> torch.Tensor:
+        """`forward_features`' (B, C * grid * grid) -> (B, grid * grid, C), one row per grid
+        cell, row-major (cell i*grid + j is row i, column j of the pooled map)."""
+        b, g2 = features.shape[0], self.grid * self.grid
+        if self.per_cell:
+            return features.reshape(b, g2, -1)  # encoded cell by cell
+        return features.reshape(b, -1, g2).transpose(1, 2)  # channel-major after flatten
+
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(self.input(x))  # (B, C, ceil(H/32), ceil(W/32))
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The CNN-RNN's decoder variants against binary relevance, all fine-tuned from the encoder that
+# scripts/bench_embeddings.sh trains (OUT/enc), under `outfits`, beside that script's runs
+# (OUT/outfits/cnn-rnn-s{0,1,2}, bce-s0): the attention decoder with two seeds, BCE's second
+# seed, and label dropout (prior dropout) with either decoder. Each run is then tested under
+# both priors (the prior-shift table) and the attention runs are scored for localisation.
+# docs/results.md's decoder and prior-shift tables come from here.
+#   usage: scripts/bench_decoders.sh OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$1
+bin=${CNNRNN:-.venv/bin/cnnrnn}
+t=(--set "threads=${THREADS:-2}" --quiet)
+enc=(--task multilabel --encoder-checkpoint "$out/enc")
+run() {  # dir args...: train unless done, resume if interrupted
+  local dir=$1; shift
+  if [ -f "$dir/val_metrics.json" ]; then return; fi
+  if [ -f "$dir/last.pt" ]; then "$bin" train --resume "$dir" --quiet; return; fi
+  "$bin" train --out "$dir" "$@"
+}
+test_both() {  # dir: test mosaics under each prior, metrics and the error breakdown
+  for p in outfits independent; do
+    [ -f "$1/test-$p.json" ] || "$bin" evaluate "$1" --json --prior "$p" > "$1/test-$p.json"
+    [ -f "$1/errors-$p.json" ] || "$bin" analyze errors "$1" --prior "$p" --json > "$1/errors-$p.json"
+  done
+}
+att=(--set model.decoder=attention)
+drop=(--set model.label_dropout=0.5)
+run "$out/outfits/attention-s0" "${enc[@]}" --seed 0 "${att[@]}" "${t[@]}"; test_both "$out/outfits/attention-s0"
+run "$out/outfits/bce-s1" "${enc[@]}" --model bce --seed 1 "${t[@]}"; test_both "$out/outfits/bce-s1"
+run "$out/outfits/attention-s1" "${enc[@]}" --seed 1 "${att[@]}" "${t[@]}"; test_both "$out/outfits/attention-s1"
+run "$out/outfits/attention-drop-s0" "${enc[@]}" --seed 0 "${att[@]}" "${drop[@]}" "${t[@]}"; test_both "$out/outfits/attention-drop-s0"
+run "$out/outfits/cnn-rnn-drop-s0" "${enc[@]}" --seed 0 "${drop[@]}" "${t[@]}"; test_both "$out/outfits/cnn-rnn-drop-s0"
+for r in "$out"/outfits/cnn-rnn-s{1,2} "$out"/outfits/bce-s0 "$out"/outfits/cnn-rnn-s0; do test_both "$r"; done
