@@ -20,8 +20,8 @@ Times are seconds (ms in the report), throughput samples per second, rates GFLOP
 floating-point operations per second; a multiply-add counts 2). A benchmark beside another job
 measures the other job too: run it on an idle machine.
 
-TODO: time to accuracy (wall-clock seconds to reach a given validation accuracy or O-F1) is
-not measured here; it needs full training runs (`cnnrnn train`), minutes to hours each.
+Time to accuracy (`cnnrnn bench --time-to-accuracy`) needs whole training runs, minutes to
+hours each: `cnnrnn.time_to_accuracy`.
 """
 
 from __future__ import annotations

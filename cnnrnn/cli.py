@@ -360,6 +360,17 @@ def bench(
     tiny: Annotated[bool, typer.Option(
         help="A few steps at batch 16 on 256 images: seconds, for tests, not for numbers")
                     ] = False,
+    time_to_accuracy: Annotated[bool, typer.Option(
+        "--time-to-accuracy", help="Instead: wall time to a validation accuracy (lstm, one "
+        "direction: 90 %; vgg16: 93 %), cnnrnn's recipe against the plain way (Adam 1e-3, "
+        "fp32); default models lstm,vgg16")] = False,
+    max_minutes: Annotated[float, typer.Option(
+        help="--time-to-accuracy: stop each side after this long")] = 60.0,
+    max_epochs: Annotated[int, typer.Option(
+        help="--time-to-accuracy: stop each side after this many epochs (0: the recipe's)")
+                          ] = 0,
+    target: Annotated[float | None, typer.Option(
+        help="--time-to-accuracy: this validation accuracy for every model, e.g. 0.9")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """CPU training speed of each model, cnnrnn's way against the plain PyTorch way.
@@ -368,6 +379,18 @@ def bench(
     """
     from cnnrnn.bench import bench_size, format_report, parse_models, run_bench
 
+    if time_to_accuracy:
+        from cnnrnn.time_to_accuracy import TARGETS, format_time_to_accuracy, run_time_to_accuracy
+
+        names = [n.strip() for n in (models or ",".join(TARGETS)).split(",") if n.strip()]
+        result = run_time_to_accuracy(
+            names, data_dir, max_minutes, max_epochs or (2 if tiny else 0), target,
+            limit=1024 if tiny else 0, threads=threads, say=_note)
+        if as_json:
+            _echo_json(result)
+        else:
+            typer.echo(format_time_to_accuracy(result), nl=False)
+        return
     names = parse_models(models)
     result = run_bench(names, bench_size(tiny, steps), data_dir, threads, say=_note)
     if as_json:

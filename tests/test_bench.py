@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from cnnrnn.bench import count_flops, format_report, parse_models
 from cnnrnn.cli import app
 from cnnrnn.errors import CnnrnnError
+from cnnrnn.time_to_accuracy import Race, run_time_to_accuracy
 
 STEP_KEYS = {"ms_per_step", "samples_per_second", "gflops", "peak_share"}
 PIPELINE_KEYS = {"cnnrnn_epoch_seconds", "plain_epoch_seconds", "ratio"}
@@ -86,3 +87,47 @@ def test_unknown_model_names_the_known_ones() -> None:
     assert parse_models("gru, cnn,gru") == ["gru", "cnn"]
     with pytest.raises(CnnrnnError, match="unknown model 'vgg' for --models; choose from rnn"):
         parse_models("cnn,vgg")
+
+
+# ---- time to accuracy ------------------------------------------------------------------------
+
+def test_race_stops_at_the_first_epoch_that_reaches_the_target() -> None:
+    race = Race(target=0.9, max_epochs=10, deadline=float("inf"))
+    assert [race.record(a) for a in (0.5, 0.89, 0.91)] == [False, False, True]
+    s = race.summary()
+    assert s["reached"] and s["epochs"] == 3 and s["best_val_accuracy"] == 0.91
+    assert s["seconds"] == race.epochs[2]["seconds"] >= race.epochs[1]["seconds"]
+    slow = Race(target=0.9, max_epochs=2, deadline=float("inf"))
+    assert [slow.record(a) for a in (0.5, 0.6)] == [False, True]  # out of epochs
+    assert not slow.summary()["reached"] and slow.summary()["seconds"] is None
+    late = Race(target=0.9, max_epochs=10, deadline=0.0)  # out of time
+    assert late.record(0.1) and late.summary()["epochs_run"] == 1
+
+
+def test_tiny_time_to_accuracy_races_both_ways(data_dir: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "--time-to-accuracy", "--tiny", "--json",
+                                      "--models", "lstm", "--target", "0.3",
+                                      "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)["models"]["lstm"]
+    assert m["target"] == 0.3 and m["max_epochs"] == 2
+    for side in ("cnnrnn", "plain"):
+        s = m[side]
+        assert 1 <= s["epochs_run"] <= 2 and len(s["history"]) == s["epochs_run"]
+        times = [e["seconds"] for e in s["history"]]
+        assert all(t > 0 for t in times) and times == sorted(times)
+        assert all(0 <= e["val_accuracy"] <= 1 for e in s["history"])
+        # it stopped at the first epoch that reached the target, or ran out of epochs
+        first = next((e["epoch"] for e in s["history"] if e["val_accuracy"] >= 0.3), None)
+        assert s["epochs"] == first and s["epochs_run"] == (first or 2)
+    assert m["plain_recipe"] == {"optimizer": "adam", "lr": 1e-3, "precision": "fp32"}
+    assert (m["speedup"] is None) == (not (m["cnnrnn"]["reached"] and m["plain"]["reached"]))
+
+
+def test_time_to_accuracy_refuses_unknown_models_and_bad_bounds() -> None:
+    with pytest.raises(CnnrnnError, match="no time-to-accuracy target for 'gru'"):
+        run_time_to_accuracy(["gru"])
+    with pytest.raises(CnnrnnError, match="--target"):
+        run_time_to_accuracy(["lstm"], target=1.5)
+    with pytest.raises(CnnrnnError, match="--max-minutes"):
+        run_time_to_accuracy(["lstm"], max_minutes=0)

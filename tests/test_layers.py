@@ -61,7 +61,8 @@ FLOORS: dict[int, tuple[str, ...]] = {
     7: ("cnnrnn.train", "cnnrnn.evaluate", "cnnrnn.report"),
     # 8: work composed of whole trainings and evaluations: encoder preparation, analyses, the
     #    benchmark of training steps and data pipelines
-    8: ("cnnrnn.encoders", "cnnrnn.bench", "cnnrnn.analysis", "cnnrnn.analysis.*"),
+    8: ("cnnrnn.encoders", "cnnrnn.bench", "cnnrnn.time_to_accuracy", "cnnrnn.analysis",
+        "cnnrnn.analysis.*"),
     # 9: the command line
     9: ("cnnrnn.cli",),
     # 10: the entry points: `python -m cnnrnn` and the package's own __init__
