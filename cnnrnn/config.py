@@ -103,9 +103,17 @@ class MultilabelConfig:
     encoder_epochs: int = 6  # epochs of the automatic single-label pretraining
     encoder_limit_train: int = 0  # images for that pretraining; 0 = all
     costs: str = ""  # evaluation: a class-cost matrix for the set severity (cnnrnn/costs.py)
+    # share of the training mosaics whose labels follow the `independent` prior instead of
+    # `prior` (a remedy for a shift of the label prior); validation and test follow `prior`
+    mix_independent: float = 0.0
+    label_smoothing: float = 0.0  # cnn-rnn: smoothing of each step's softmax target
 
     def validate(self) -> None:
         _check_choice("multilabel.order", self.order, ORDERS)
+        for key, value in (("multilabel.mix_independent", self.mix_independent),
+                           ("multilabel.label_smoothing", self.label_smoothing)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{key} must be in [0, 1), got {value}")
         _check_min({"multilabel.beam_width": self.beam_width,
                     "multilabel.train_mosaics": self.train_mosaics,
                     "multilabel.val_mosaics": self.val_mosaics,

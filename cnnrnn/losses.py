@@ -7,6 +7,7 @@ computed in fp32 whatever the autocast precision of the forward pass. Cost-sensi
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,15 +29,28 @@ class CrossEntropy(nn.Module):
 class SequenceNLL(nn.Module):
     """CNN-RNN: cross-entropy of the next label, mean over all target steps (labels and END),
     plus `aux_weight` x the mean per-label BCE of the semantic-regularisation head when the
-    model has one (Liu et al., CVPR 2017)."""
+    model has one (Liu et al., CVPR 2017).
 
-    def __init__(self, aux_weight: float = 0.0) -> None:
+    `label_smoothing` e: each step's target is (1 - e) on the true next symbol and e spread
+    evenly over the symbols the step may still emit (the labels not yet in the path and END;
+    those already emitted have probability 0 and take no share)."""
+
+    def __init__(self, aux_weight: float = 0.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.aux_weight = aux_weight
+        self.label_smoothing = label_smoothing
 
     def forward(self, out: SequenceOutput, y: Tensor) -> Tensor:
-        loss = F.nll_loss(out.log_probs.flatten(0, 1), out.targets.flatten(),
-                          ignore_index=IGNORE_INDEX)
+        log_probs, targets = out.log_probs.flatten(0, 1), out.targets.flatten()
+        if self.label_smoothing:
+            scored = targets != IGNORE_INDEX
+            lp = log_probs[scored]  # (N, K+1), -inf where a label was emitted already
+            allowed = torch.isfinite(lp)
+            nll = -lp.gather(1, targets[scored, None])[:, 0]
+            uniform = -torch.where(allowed, lp, 0.0).sum(1) / allowed.sum(1)
+            loss = ((1 - self.label_smoothing) * nll + self.label_smoothing * uniform).mean()
+        else:
+            loss = F.nll_loss(log_probs, targets, ignore_index=IGNORE_INDEX)
         if out.aux_logits is not None:
             loss = loss + self.aux_weight * F.binary_cross_entropy_with_logits(
                 out.aux_logits, y.float())

@@ -2,6 +2,7 @@
 
 usage: python scripts/results_tables.py multilabel OUT   (the OUT of bench_multilabel.sh)
        python scripts/results_tables.py severity OUT     (the OUT of bench_severity.sh)
+       python scripts/results_tables.py decoders OUT     (the OUT of bench_decoders.sh)
 """
 
 from __future__ import annotations
@@ -69,6 +70,31 @@ def severity(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+DECODER_KEYS = ("O-F1", "C-F1", "exact_match", "mAP")
+
+
+def decoders(out: Path) -> str:
+    """The runs trained under `outfits` (OUT/outfits/<variant>-s<seed>): per variant, mean ±
+    half the range over its seeds on `outfits` test mosaics, then on `independent` ones (the
+    prior shift) with the O-F1 lost to the shift."""
+    variants: dict[str, list[Path]] = {}
+    for run in sorted((out / "outfits").glob("*-s[0-9]*")):
+        if (run / "test-outfits.json").is_file() and (run / "test-independent.json").is_file():
+            variants.setdefault(run.name.rsplit("-s", 1)[0], []).append(run)
+    head = ("| variant | seeds | " + " | ".join(DECODER_KEYS) + " | O-F1, independent | "
+            "exact, independent | O-F1 lost to the shift |")
+    lines = [head, "|---|---:|" + "---:|" * (len(DECODER_KEYS) + 3)]
+    for name, runs in variants.items():
+        same = [json.loads((r / "test-outfits.json").read_text()) for r in runs]
+        shift = [json.loads((r / "test-independent.json").read_text()) for r in runs]
+        lost = [a["O-F1"] - b["O-F1"] for a, b in zip(same, shift, strict=True)]
+        cells = [_cell([r[k] for r in same], False) for k in DECODER_KEYS]
+        cells += [_cell([r["O-F1"] for r in shift], False),
+                  _cell([r["exact_match"] for r in shift], False), _cell(lost, False)]
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _n(prior_dir: Path) -> int:
     for f in prior_dir.glob("*/test*.json"):
         return json.loads(f.read_text())["n"]
@@ -77,4 +103,5 @@ def _n(prior_dir: Path) -> int:
 
 if __name__ == "__main__":
     kind, out = sys.argv[1], Path(sys.argv[2])
-    print({"multilabel": multilabel, "severity": severity}[kind](out), end="")
+    print({"multilabel": multilabel, "severity": severity, "decoders": decoders}[kind](out),
+          end="")

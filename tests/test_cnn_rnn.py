@@ -178,6 +178,30 @@ def test_aux_bce_adds_the_weighted_per_label_bce_of_the_semantic_head():
         make_model(aux_bce=-1.0)
 
 
+def test_label_smoothing_spreads_the_target_over_the_symbols_still_allowed():
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(4, 1, 28, 28, generator=gen)
+    y = random_label_sets(4, 10, gen)
+    model = make_model(seed=11)
+    out = model(x, y)
+    eps = 0.2
+    smoothed = SequenceNLL(label_smoothing=eps)(out, y)
+    by_hand, n = 0.0, 0
+    for b in range(4):
+        for t in range(out.targets.shape[1]):
+            target = int(out.targets[b, t])
+            if target == IGNORE_INDEX:
+                continue
+            lp = out.log_probs[b, t]
+            allowed = torch.isfinite(lp)  # labels not yet emitted, and END
+            assert int(allowed.sum()) == 11 - t  # t labels emitted before step t
+            by_hand += (1 - eps) * -lp[target] + eps * -lp[allowed].mean()
+            n += 1
+    assert torch.allclose(smoothed, by_hand / n, atol=1e-6)
+    assert torch.allclose(SequenceNLL(label_smoothing=0.0)(out, y), seq_loss(model, x, y))
+    assert smoothed > SequenceNLL()(out, y) * (1 - eps)
+
+
 def test_frozen_encoder_gets_no_gradient_and_stays_in_eval_mode():
     model = make_model(freeze_encoder=True).train()
     assert not model.encoder.training and model.lstm.training

@@ -18,7 +18,13 @@ from cnnrnn.data.mosaics import (
     save_mosaics,
     split_pool,
 )
-from cnnrnn.data.priors import Prior, available_priors, load_prior, prior_from_dict
+from cnnrnn.data.priors import (
+    Prior,
+    available_priors,
+    load_prior,
+    mix_priors,
+    prior_from_dict,
+)
 from cnnrnn.errors import CnnrnnError, ConfigError, DataError
 
 PRIORS = ("independent", "outfits")
@@ -151,6 +157,30 @@ def test_outfits_labels_are_unequal_and_co_occur(train_pool):
             5000, torch.Generator().manual_seed(4))
         met = bool((y[:, sneaker] & y[:, dress]).any())
         assert met == should_meet, name
+
+
+def test_mixed_priors_draw_each_prior_by_its_share(train_pool):
+    outfits, independent = load_prior("outfits"), load_prior("independent")
+    mix = mix_priors(outfits, independent, 0.25)
+    expected = 0.75 * outfits.label_frequencies() + 0.25 * independent.label_frequencies()
+    assert torch.allclose(mix.label_frequencies(), expected)
+    images, labels = train_pool
+    n = 20_000
+    _, y = MosaicGenerator(images, labels, mix).sample(n, torch.Generator().manual_seed(5))
+    assert_within_binomial(y.float().mean(0), expected, n, "P(label present), mixed")
+    # Sneaker and Dress never meet under outfits: under the mix they meet about a quarter
+    # as often as under independent
+    sneaker, dress = CLASSES.index("Sneaker"), CLASSES.index("Dress")
+    _, y_ind = MosaicGenerator(images, labels, independent).sample(
+        n, torch.Generator().manual_seed(6))
+    met = (y[:, sneaker] & y[:, dress]).float().mean()
+    met_ind = (y_ind[:, sneaker] & y_ind[:, dress]).float().mean()
+    assert 0.15 < float(met / met_ind) < 0.35
+    assert mix_priors(outfits, independent, 0.0).label_frequencies().equal(
+        outfits.label_frequencies())
+    one = prior_from_dict({"item_counts": [1], "classes": {CLASSES[0]: 1}}, name="one")
+    with pytest.raises(ConfigError, match="different numbers of items"):
+        mix_priors(outfits, one, 0.5)
 
 
 def test_independent_frequencies_are_the_outfits_per_item_marginal():

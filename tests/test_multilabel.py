@@ -20,7 +20,7 @@ from cnnrnn.encoders import prepare
 from cnnrnn.errors import CheckpointError, CnnrnnError, ConfigError
 from cnnrnn.evaluate import load_run
 from cnnrnn.run_dir import RunDir
-from cnnrnn.tasks.multilabel import label_priority
+from cnnrnn.tasks.multilabel import Multilabel, label_priority
 from cnnrnn.train import train
 
 runner = CliRunner()
@@ -265,3 +265,20 @@ def test_decoder_overfits_a_few_real_mosaics(fmnist):
     model.eval()
     sets, _ = model.predict(x, beam_width=1)
     assert torch.equal(sets, labels)
+
+
+def test_mix_independent_draws_training_mosaics_from_the_mixture_only(fmnist):
+    over = {"multilabel.mix_independent": 0.5, "multilabel.val_mosaics": 50,
+            "multilabel.test_mosaics": 50}
+    mixed = Multilabel().prepare(load_config("multilabel", overrides=over), fmnist)
+    plain = Multilabel().prepare(load_config("multilabel", overrides={
+        **over, "multilabel.mix_independent": 0.0}), fmnist)
+    assert mixed.train.generator.prior.name == "outfits+0.5 independent"
+    assert plain.train.generator.prior.name == "outfits"
+    # validation and test mosaics follow `prior` alone, as without the mix
+    assert torch.equal(mixed.val_images, plain.val_images)
+    assert torch.equal(mixed.test_targets, plain.test_targets)
+    with pytest.raises(ConfigError, match=r"multilabel.mix_independent must be in \[0, 1\)"):
+        load_config("multilabel", overrides={"multilabel.mix_independent": 1.0})
+    with pytest.raises(ConfigError, match="multilabel.label_smoothing"):
+        load_config("multilabel", overrides={"multilabel.label_smoothing": -0.1})

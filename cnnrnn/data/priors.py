@@ -106,6 +106,24 @@ class Prior:
         return w @ present  # (K,)
 
 
+def mix_priors(a: Prior, b: Prior, share_b: float) -> Prior:
+    """The prior that draws a mosaic's labels under `b` with probability `share_b`, else under
+    `a`: the themes of both, weighted. Both must draw the number of items alike."""
+    if not 0.0 <= share_b <= 1.0:
+        raise ConfigError(f"the share of prior {b.name!r} must be in [0, 1], got {share_b}")
+    if not all(math.isclose(x, y) for x, y in zip(a.item_counts, b.item_counts, strict=False)
+               ) or len(a.item_counts) != len(b.item_counts):
+        raise ConfigError(f"priors {a.name!r} and {b.name!r} draw different numbers of items "
+                          "per mosaic; only priors with the same item_counts mix")
+    weights = ([(1 - share_b) * w for w in a.theme_weights]
+               + [share_b * w for w in b.theme_weights])
+    return Prior(f"{a.name}+{share_b:g} {b.name}", a.item_counts,
+                 tuple(f"{a.name}:{t}" for t in a.theme_names)
+                 + tuple(f"{b.name}:{t}" for t in b.theme_names),
+                 tuple(weights), a.class_probs + b.class_probs,
+                 f"{1 - share_b:g} x {a.name}, {share_b:g} x {b.name}")
+
+
 def available_priors() -> list[str]:
     """Names of the priors found under configs/mosaics/, sorted."""
     return sorted({p.stem for d in _prior_dirs() if d.is_dir() for p in d.glob("*.toml")})

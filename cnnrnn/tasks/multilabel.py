@@ -26,7 +26,7 @@ from cnnrnn.costs import load_costs
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST
 from cnnrnn.data.loader import mix_seed, to_input
 from cnnrnn.data.mosaics import MosaicGenerator, make_split_mosaics, split_pool
-from cnnrnn.data.priors import load_prior
+from cnnrnn.data.priors import load_prior, mix_priors
 from cnnrnn.errors import CheckpointError, CnnrnnError
 from cnnrnn.losses import BinaryCrossEntropy, SequenceNLL
 from cnnrnn.metrics.multilabel import multilabel_metrics
@@ -165,7 +165,8 @@ def _cnn_rnn_kwargs(cfg: TrainConfig, data: TaskData | None) -> dict[str, Any]:
 
 FAMILIES: dict[str, Family] = {
     "cnn-rnn": Family(
-        criterion=lambda cfg: SequenceNLL(cfg.model_args.aux_bce),
+        criterion=lambda cfg: SequenceNLL(cfg.model_args.aux_bce,
+                                          cfg.multilabel.label_smoothing),
         decode=lambda model, x, cfg: model.predict(x, cfg.multilabel.beam_width),
         build_kwargs=_cnn_rnn_kwargs,
         describe=lambda cfg: {"order": cfg.multilabel.order}),
@@ -195,15 +196,18 @@ class Multilabel(Task):
     def prepare(self, cfg: TrainConfig, data: FashionMNIST) -> TaskData:
         ml = cfg.multilabel
         prior = load_prior(ml.prior)
+        train_prior = prior
+        if ml.mix_independent:
+            train_prior = mix_priors(prior, load_prior("independent"), ml.mix_independent)
         images, labels, _ = split_pool(data, "train", cfg.val_size)
         n_train = cfg.limit_train or ml.train_mosaics
-        train = MosaicBatches(MosaicGenerator(images, labels, prior), n_train,
+        train = MosaicBatches(MosaicGenerator(images, labels, train_prior), n_train,
                               min(cfg.batch_size, n_train), cfg.seed)
         val = make_split_mosaics(data, "val", ml.val_mosaics, prior, EVAL_SEED,
                                  val_size=cfg.val_size)
         test = make_split_mosaics(data, "test", ml.test_mosaics, prior, EVAL_SEED,
                                   val_size=cfg.val_size)
-        freq = prior.label_frequencies()
+        freq = train_prior.label_frequencies()  # the label order follows the training mosaics
         return TaskData(train, val[0], val[1], test[0], test[1],
                         info={"label_frequencies": freq.tolist(),
                               "label_priority": label_priority(cfg, freq)})
