@@ -83,7 +83,8 @@ def models() -> None:
 def train(
     task: Annotated[str, typer.Option(help="single-label or multilabel")] = "single-label",
     model: Annotated[str | None, typer.Option(
-        help="rnn, lstm, gru, cnn, vgg16 (single-label); cnn-rnn, bce (multilabel)")] = None,
+        help="rnn, lstm, gru, cnn, vgg16, timm (single-label); cnn-rnn, bce (multilabel)")
+    ] = None,
     config: Annotated[Path | None, typer.Option(
         help="TOML config (default: configs/<task>/<model>.toml)")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
@@ -102,10 +103,12 @@ def train(
         help="multilabel: frequency, rare-first, random, pla")] = None,
     beam_width: Annotated[int | None, typer.Option(help="multilabel: beam width")] = None,
     encoder_checkpoint: Annotated[Path | None, typer.Option(
-        help="multilabel: take the encoder from this run folder (single-label vgg16, "
-             "or a multilabel run)")] = None,
+        help="multilabel: take the encoder from this run folder (single-label vgg16 or "
+             "timm, or a multilabel run)")] = None,
     encoder_weights: Annotated[Path | None, typer.Option(
-        help="multilabel: a torchvision vgg16/vgg16_bn state_dict file")] = None,
+        help="multilabel: a torchvision vgg16/vgg16_bn state_dict file, or with "
+             "model.encoder=timm:<name> a timm (or torchvision) state_dict of that network"
+    )] = None,
     loss: Annotated[str | None, typer.Option(
         help="single-label: cross-entropy, soft-labels or expected-cost (these two need "
         "--costs)")] = None,

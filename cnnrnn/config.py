@@ -97,8 +97,10 @@ class MultilabelConfig:
     test_mosaics: int = 10000  # fixed, from test items
     order: str = "frequency"  # label order for teacher forcing: frequency|rare-first|random|pla
     beam_width: int = 3  # 1 = greedy
-    encoder_checkpoint: str = ""  # a single-label vgg16 run folder, or a multilabel run
-    encoder_weights: str = ""  # a torchvision vgg16(_bn) state_dict file
+    encoder_checkpoint: str = ""  # a single-label vgg16 or timm run folder, or a multilabel run
+    # a torchvision vgg16(_bn) state_dict file; for a timm encoder (model.encoder = "timm:NAME")
+    # a state_dict of that timm (or torchvision) network
+    encoder_weights: str = ""
     finetune_encoder: bool = False  # train the encoder too (else frozen)
     encoder_epochs: int = 6  # epochs of the automatic single-label pretraining
     encoder_limit_train: int = 0  # images for that pretraining; 0 = all

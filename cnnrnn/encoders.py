@@ -1,14 +1,16 @@
 """The pretrained encoder of a multilabel run, prepared before its training starts.
 
 `prepare(cfg)` returns the config the run trains with:
-- with `--encoder-checkpoint RUN`: the encoder architecture (width, batch norm, input
-  normalisation) is read from that run's checkpoint and taken over; an explicit, different
-  `--set model.encoder_width` (or `encoder_batch_norm`, `encoder_input`) is an error that says
-  which is which;
-- with `--encoder-weights FILE` (torchvision VGG-16): width 1.0 and ImageNet's input
-  normalisation (`encoder_input = "imagenet"`);
-- with neither: a single-label vgg16 run pretrained once, announced, cached under
-  `~/.cache/cnnrnn/encoders/` (`$CNNRNN_CACHE`), and reused by later runs.
+- with `--encoder-checkpoint RUN`: the encoder architecture (`encoder`: vgg16 or timm:<name>;
+  for vgg16 its width and batch norm; the input normalisation) is read from that run's
+  checkpoint and taken over; an explicit, different `--set model.encoder` (or
+  `encoder_width`, `encoder_batch_norm`, `encoder_input`) is an error that says which is which;
+- with `--encoder-weights FILE` (torchvision VGG-16, or a timm / torchvision state_dict for a
+  timm encoder): ImageNet's input normalisation (`encoder_input = "imagenet"`), and width 1.0
+  for vgg16;
+- with neither: a single-label run pretrained once (vgg16, or the "timm" model with the same
+  `model.encoder`), announced, cached under `~/.cache/cnnrnn/encoders/` (`$CNNRNN_CACHE`),
+  and reused by later runs.
 The encoder run it used is recorded in the config (and so in the new run's config.toml). This is
 the only caller of `train()` besides the CLI; model construction never trains anything.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 from cnnrnn.config import TrainConfig, config_from_dict, load_config
 from cnnrnn.distributed import World
 from cnnrnn.errors import CnnrnnError, ConfigError
+from cnnrnn.models.timm_encoder import VGG16, is_timm, timm_name
 from cnnrnn.progress import Reporter
 from cnnrnn.run_dir import BEST, LAST, VAL_METRICS, RunDir
 from cnnrnn.tasks import get_task
@@ -41,33 +44,49 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _encoder_name(cfg: TrainConfig) -> str:
+    return getattr(cfg.model_args, "encoder", VGG16)
+
+
 def pretraining_config(cfg: TrainConfig) -> TrainConfig:
-    """The single-label vgg16 config whose encoder fits the multilabel model `cfg`."""
+    """The single-label config whose encoder fits the multilabel model `cfg`: a vgg16 run of
+    the encoder's width and batch norm, or a "timm" run of the same timm network."""
     args, ml = cfg.model_args, cfg.multilabel
+    common = {"epochs": ml.encoder_epochs, "seed": cfg.seed, "device": cfg.device,
+              "precision": cfg.precision, "val_size": cfg.val_size, "threads": cfg.threads,
+              "limit_train": ml.encoder_limit_train}
+    if is_timm(_encoder_name(cfg)):
+        return load_config("single-label", "timm", overrides={
+            "model.encoder": args.encoder, **common})
     return load_config("single-label", "vgg16", overrides={
         "model.width": args.encoder_width, "model.batch_norm": args.encoder_batch_norm,
-        "epochs": ml.encoder_epochs, "seed": cfg.seed, "device": cfg.device,
-        "precision": cfg.precision, "val_size": cfg.val_size, "threads": cfg.threads,
-        "limit_train": ml.encoder_limit_train})
+        **common})
+
+
+def pretraining_key(cfg: TrainConfig) -> str:
+    """The cache folder's name of `cfg`'s pretrained encoder: what the run depends on."""
+    args, ml = cfg.model_args, cfg.multilabel
+    name = _encoder_name(cfg)
+    arch = (f"timm-{timm_name(name)}" if is_timm(name) else
+            f"vgg16-w{args.encoder_width:g}-bn{int(args.encoder_batch_norm)}")
+    return f"{arch}-e{ml.encoder_epochs}-n{ml.encoder_limit_train}-s{cfg.seed}-v{cfg.val_size}"
 
 
 def pretrained_encoder_run(cfg: TrainConfig, data_dir: str | Path | None,
                            reporter: Reporter) -> Path:
-    """A single-label vgg16 run whose encoder matches the cnn-rnn's; trained once, then reused.
+    """A single-label run (vgg16, or "timm" for a timm encoder) whose encoder matches the
+    multilabel model's; trained once, then reused.
 
     An interrupted pretraining resumes where it stopped the next time. It runs in this one
     process: under torchrun, rank 0 pretrains while the other ranks wait."""
-    args, ml = cfg.model_args, cfg.multilabel
     enc_cfg = pretraining_config(cfg)
-    key = (f"vgg16-w{args.encoder_width:g}-bn{int(args.encoder_batch_norm)}"
-           f"-e{ml.encoder_epochs}-n{ml.encoder_limit_train}-s{cfg.seed}-v{cfg.val_size}")
-    run = cache_dir() / "encoders" / key
+    run = cache_dir() / "encoders" / pretraining_key(cfg)
     if (run / BEST).is_file() and (run / VAL_METRICS).is_file():
         reporter.say(f"using the cached pretrained encoder {run}")
         return run
-    reporter.say(f"no encoder given: pretraining a vgg16 encoder on single-label Fashion-MNIST "
-                 f"for {enc_cfg.epochs} epochs, cached in {run} (pass --encoder-checkpoint to "
-                 "use your own)")
+    reporter.say(f"no encoder given: pretraining a {_encoder_name(cfg)} encoder on single-label "
+                 f"Fashion-MNIST for {enc_cfg.epochs} epochs, cached in {run} (pass "
+                 "--encoder-checkpoint to use your own)")
     if (run / LAST).is_file():
         summary = train(RunDir(run).resume_config(), run, resume=True, data_dir=data_dir,
                         reporter=reporter, world=World())
@@ -84,7 +103,7 @@ def pretrained_encoder_run(cfg: TrainConfig, data_dir: str | Path | None,
 def _take_over(cfg: TrainConfig, arch: EncoderArchitecture, source: str,
                explicit: Collection[str]) -> TrainConfig:
     """`cfg` with the encoder architecture of `source`; an explicit other value is an error."""
-    current = EncoderArchitecture.of_model_args(cfg.model_args).as_model_args()
+    current = {key: getattr(cfg.model_args, key) for key in arch.as_model_args()}
     for key, value in arch.as_model_args().items():
         if f"model.{key}" in explicit and current[key] != value:
             raise ConfigError(f"model.{key} = {current[key]} was given, but the encoder "
@@ -118,8 +137,10 @@ def prepare(cfg: TrainConfig, explicit: Collection[str] = (), data_dir: str | Pa
         run = ml.encoder_checkpoint
         return _take_over(cfg, encoder_architecture(run), run, explicit)
     if ml.encoder_weights:  # torchvision's VGG-16 is width 1.0; batch norm is checked on load
-        # and it reads ImageNet-normalised RGB: the encoder gets the fixed ImageNet input layer
-        arch = EncoderArchitecture(1.0, cfg.model_args.encoder_batch_norm, "imagenet")
+        # and it reads ImageNet-normalised RGB: the encoder gets the fixed ImageNet input layer.
+        # A timm encoder loads the file into its 3-channel network behind the same layer.
+        arch = EncoderArchitecture(1.0, cfg.model_args.encoder_batch_norm, "imagenet",
+                                   _encoder_name(cfg))
         return _take_over(cfg, arch, ml.encoder_weights, explicit)
     run = pretrained_encoder_run(cfg, data_dir, reporter)
     with_run = dataclasses.replace(cfg, multilabel=dataclasses.replace(

@@ -30,6 +30,10 @@ def test_registry_lists_all_single_label_models():
 def test_shape_finite_and_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     model = build_model(name)
+    if name == "timm":  # timm's resnets start each block's last batch norm at zero scale
+        for m in model.modules():  # (zero_init_last): its branch gets no gradient at step 0
+            if isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(m.weight)
     x = torch.randn(3, 1, 28, 28)
     logits = model(x)
     assert logits.shape == (3, 10)
@@ -76,7 +80,7 @@ def test_recurrent_reads_rows_as_time_steps():
 
 def test_unknown_model_lists_known_ones():
     with pytest.raises(ConfigError, match=r"unknown model 'lstn'.*did you mean 'lstm'.*known "
-                                          r"models: cnn, gru, lstm, rnn, vgg16"):
+                                          r"models: cnn, gru, lstm, rnn, timm, vgg16"):
         build_model("lstn", task="single-label")
 
 

@@ -137,8 +137,8 @@ def test_encoder_from_another_model_is_refused(data_dir, tmp_path, encoder_run):
         "epochs": 1, "limit_train": 128, "val_size": 100, "model.hidden_size": 8}), lstm,
         data_dir=data_dir)
     with pytest.raises(CheckpointError, match="is a single-label 'lstm' run; the encoder must "
-                                              "come from a single-label vgg16 run or a "
-                                              "multilabel run"):
+                                              "come from a single-label vgg16 or timm run, or "
+                                              "a multilabel run"):
         ml_config("cnn-rnn", lstm)
     # an explicit width that contradicts the checkpoint says which is which
     with pytest.raises(ConfigError, match=r"model.encoder_width = 0.25 was given, but the "

@@ -1,9 +1,11 @@
 """Registry entries of the multilabel models: the CNN-RNN and the binary-relevance baseline.
 
-Both wrap the VGG-16-style encoder. Built from the registry the encoder is freshly initialised:
-that is what loading a checkpoint needs (its state_dict brings every weight, the label order
-and the BCE threshold). Training builds them through `cnnrnn.multilabel`, which brings a
-pretrained encoder.
+Both wrap an image encoder: the VGG-16-style one (`model.encoder = "vgg16"`, the default;
+`encoder_width` and `encoder_batch_norm` shape it and apply to it only) or a timm network by
+name (`model.encoder = "timm:resnet18"`; see timm_encoder.py). Built from the registry the
+encoder is freshly initialised: that is what loading a checkpoint needs (its state_dict brings
+every weight, the label order and the BCE threshold). Training builds them through
+`cnnrnn.multilabel`, which brings a pretrained encoder.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ from torch import nn
 from cnnrnn.errors import ConfigError
 from cnnrnn.models.bce import BCEHead
 from cnnrnn.models.cnn_rnn import CNNRNN, DECODERS
+from cnnrnn.models.encoder import GridEncoder
 from cnnrnn.models.registry import register
-from cnnrnn.models.vgg import VGGEncoder, check_encoder_input
+from cnnrnn.models.timm_encoder import TimmEncoder, check_encoder, is_timm
+from cnnrnn.models.vgg import VGGEncoder, check_encoder_input, load_torchvision_vgg16
 
 MULTI = ("multilabel",)
 
 
 @dataclass(frozen=True)
 class CNNRNNArgs:
-    encoder_width: float = 0.25  # of the VGG-16-style encoder; 1.0 for torchvision weights
-    encoder_batch_norm: bool = True
+    # "vgg16" (the VGG-16-style encoder, models/vgg.py) or "timm:<name>", a timm network that
+    # offers a feature map (models/timm_encoder.py), e.g. "timm:resnet18"
+    encoder: str = "vgg16"
+    encoder_width: float = 0.25  # vgg16 only: its width; 1.0 for torchvision weights
+    encoder_batch_norm: bool = True  # vgg16 only
     # what the encoder reads: "fashion-mnist" (as is) or "imagenet" (torchvision weights: the
     # grey input shown as ImageNet-normalised RGB by a fixed input layer; see vgg.py)
     encoder_input: str = "fashion-mnist"
@@ -42,6 +49,7 @@ class CNNRNNArgs:
     label_dropout: float = 0.0  # training: drop each previous-label input with this probability
 
     def validate(self) -> None:
+        check_encoder(self.encoder)
         check_encoder_input(self.encoder_input)
         if self.decoder not in DECODERS:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got "
@@ -65,14 +73,16 @@ class CNNRNNArgs:
 
 @dataclass(frozen=True)
 class BCEArgs:
-    encoder_width: float = 0.25
-    encoder_batch_norm: bool = True
+    encoder: str = "vgg16"  # as for the CNN-RNN
+    encoder_width: float = 0.25  # vgg16 only
+    encoder_batch_norm: bool = True  # vgg16 only
     encoder_input: str = "fashion-mnist"  # as for the CNN-RNN
     image_grid: int = 2  # as for the CNN-RNN: both read the same image features
     per_cell: bool = False
     dropout: float = 0.1
 
     def validate(self) -> None:
+        check_encoder(self.encoder)
         check_encoder_input(self.encoder_input)
         if self.image_grid < 1:
             raise ConfigError(f"image_grid must be >= 1, got {self.image_grid}")
@@ -80,11 +90,23 @@ class BCEArgs:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+def build_encoder(args: CNNRNNArgs | BCEArgs, weights: str | None = None) -> GridEncoder:
+    """The encoder a multilabel model's args describe (`model.encoder`), freshly initialised,
+    or with the weights of a local state_dict file: torchvision's VGG-16 for "vgg16"
+    (`load_torchvision_vgg16`), a timm (or torchvision) model's for "timm:<name>"."""
+    if is_timm(args.encoder):
+        return TimmEncoder(args.encoder, input_kind=args.encoder_input, weights=weights)
+    encoder = VGGEncoder(args.encoder_width, args.encoder_batch_norm,
+                         input_kind=args.encoder_input)
+    if weights is not None:
+        load_torchvision_vgg16(encoder, weights)  # needs encoder_input "imagenet"
+    return encoder
+
+
 def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None = None,
                   label_priority: list[int] | None = None, order: str = "fixed",
                   freeze_encoder: bool = True) -> CNNRNN:
-    encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm,
-                                    input_kind=args.encoder_input)
+    encoder = encoder if encoder is not None else build_encoder(args)
     encoder.use_pooling("max", args.image_grid, args.per_cell)
     return CNNRNN(encoder, num_classes, args.embed_dim, args.hidden_size, label_priority,
                   order, args.dropout, freeze_encoder, args.aux_bce,  # type: ignore[arg-type]
@@ -93,8 +115,7 @@ def build_cnn_rnn(args: CNNRNNArgs, num_classes: int, encoder: nn.Module | None 
 
 def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
               freeze_encoder: bool = True, **_: object) -> BCEHead:
-    encoder = encoder or VGGEncoder(args.encoder_width, args.encoder_batch_norm,
-                                    input_kind=args.encoder_input)
+    encoder = encoder if encoder is not None else build_encoder(args)
     encoder.use_pooling("max", args.image_grid, args.per_cell)
     model = BCEHead(encoder, num_classes, args.dropout, freeze_encoder)
     # The decision threshold is chosen on validation data; a buffer, so checkpoints carry it.

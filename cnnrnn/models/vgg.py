@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnrnn.data.fashion_mnist import MEAN, STD
 from cnnrnn.errors import CheckpointError, ConfigError
+from cnnrnn.models.encoder import GridEncoder
 from cnnrnn.models.registry import register
 
 # Configuration D: output channels of each 3x3 convolution, "M" = 2x2 max-pooling.
@@ -79,7 +79,7 @@ class VGGArgs:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-class VGGEncoder(nn.Module):
+class VGGEncoder(GridEncoder):
     """(B, 1, H, W) -> (B, C) image features; C = 512 * width.
 
     `input_kind` "imagenet" puts `ImageNetInput` in front of the convolutions (the first one
@@ -111,43 +111,6 @@ class VGGEncoder(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-
-    def use_pooling(self, pool: str, grid: int = 1, per_cell: bool = False) -> None:
-        """Pool the last feature map to a `grid` x `grid` map and flatten it.
-
-        grid 1 is global pooling (one C-vector, as for single items); a mosaic's 2x2 map kept
-        as grid 2 gives each cell its own C features. With `per_cell`, the image is cut into
-        grid x grid cells first and each cell is encoded alone, exactly as a single item is:
-        on mosaics this removes the mixing of neighbouring cells at the encoder's pooling
-        steps (a 56x56 mosaic's cell border falls inside a pooling window at 1/8 scale).
-        """
-        self.pool, self.grid, self.per_cell = pool, grid, per_cell
-        self.num_features = self.channels * grid * grid
-
-    def cells(self, features: torch.Tensor) -> torch.Tensor:
-        """`forward_features`' (B, C * grid * grid) -> (B, grid * grid, C), one row per grid
-        cell, row-major (cell i*grid + j is row i, column j of the pooled map)."""
-        b, g2 = features.shape[0], self.grid * self.grid
-        if self.per_cell:
-            return features.reshape(b, g2, -1)  # encoded cell by cell
-        return features.reshape(b, -1, g2).transpose(1, 2)  # channel-major after flatten
-
-    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.input(x))  # (B, C, ceil(H/32), ceil(W/32))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input(x)  # (B, 3, H, W) for "imagenet", else unchanged
-        if self.per_cell and self.grid > 1:
-            b, c, h, w = x.shape
-            g = self.grid
-            cells = x.reshape(b, c, g, h // g, g, w // g).permute(0, 2, 4, 1, 3, 5)
-            cells = cells.reshape(b * g * g, c, h // g, w // g)  # row-major cells
-            fmap = self.features(cells)  # (B*g*g, C, h', w')
-            pool = F.adaptive_max_pool2d if self.pool == "max" else F.adaptive_avg_pool2d
-            return pool(fmap, 1).reshape(b, -1)  # (B, g*g*C), cell by cell
-        fmap = self.features(x)  # (B, C, h, w)
-        pool = F.adaptive_max_pool2d if self.pool == "max" else F.adaptive_avg_pool2d
-        return pool(fmap, self.grid).flatten(1)  # (B, C * grid * grid)
 
 
 class VGG16(nn.Module):

@@ -5,7 +5,8 @@ seed, epoch and batch); validation and test mosaics are fixed sets drawn from th
 test items with seed 0, so runs with different seeds are compared on the same mosaics.
 
 The models start from an encoder prepared before training (`cnnrnn.encoders.prepare`): a
-single-label vgg16 run, a multilabel run, or a torchvision VGG-16 state_dict. What differs
+single-label vgg16 or timm run, a multilabel run, or a local state_dict file (torchvision's
+VGG-16 for the vgg16 encoder, a timm or torchvision network's for a timm encoder). What differs
 between the CNN-RNN and binary relevance (criterion, decoding, calibration, options) is one
 `Family` each, looked up by model name.
 """
@@ -32,8 +33,10 @@ from cnnrnn.losses import BinaryCrossEntropy, SequenceNLL
 from cnnrnn.metrics.multilabel import multilabel_metrics
 from cnnrnn.metrics.severity import set_severity
 from cnnrnn.models.bce import choose_threshold
+from cnnrnn.models.encoder import GridEncoder
+from cnnrnn.models.heads import build_encoder
 from cnnrnn.models.registry import get_entry
-from cnnrnn.models.vgg import VGGEncoder, load_torchvision_vgg16
+from cnnrnn.models.timm_encoder import VGG16, is_timm
 from cnnrnn.run_dir import RunDir
 from cnnrnn.tasks.base import EvalOption, Task, TaskData
 
@@ -76,20 +79,39 @@ def label_priority(cfg: TrainConfig, frequencies: torch.Tensor) -> list[int]:
 
 @dataclass(frozen=True)
 class EncoderArchitecture:
-    """What an encoder's weights fix: the model args a multilabel model must take over."""
+    """What an encoder's weights fix: the model args a multilabel model must take over.
 
-    width: float
-    batch_norm: bool
-    input_kind: str  # "fashion-mnist", or "imagenet" for torchvision's weights (see vgg.py)
+    `encoder` is "vgg16" or "timm:<name>" (`model.encoder`); width and batch norm describe
+    the vgg16 encoder only and are neither taken over nor compared for a timm one. Configs
+    written before timm encoders have no `encoder` key: they are vgg16 (the default).
+    """
+
+    width: float = 0.25
+    batch_norm: bool = True
+    input_kind: str = "fashion-mnist"  # or "imagenet" for ImageNet weights (see vgg.py)
+    encoder: str = VGG16
 
     def as_model_args(self) -> dict[str, Any]:
-        return {"encoder_width": self.width, "encoder_batch_norm": self.batch_norm,
-                "encoder_input": self.input_kind}
+        """The model args this architecture fixes (and the only ones compared)."""
+        if is_timm(self.encoder):
+            return {"encoder": self.encoder, "encoder_input": self.input_kind}
+        return {"encoder": self.encoder, "encoder_width": self.width,
+                "encoder_batch_norm": self.batch_norm, "encoder_input": self.input_kind}
+
+    def fits(self, other: EncoderArchitecture) -> bool:
+        return self.as_model_args() == other.as_model_args()
+
+    def describe(self) -> str:
+        if is_timm(self.encoder):
+            return f"{self.encoder} encoder (input {self.input_kind})"
+        return (f"width-{self.width:g} encoder (batch_norm={self.batch_norm}, input "
+                f"{self.input_kind})")
 
     @classmethod
     def of_model_args(cls, args: Any) -> EncoderArchitecture:
         """The encoder architecture a multilabel model's args (CNNRNNArgs, BCEArgs) describe."""
-        return cls(args.encoder_width, args.encoder_batch_norm, args.encoder_input)
+        return cls(args.encoder_width, args.encoder_batch_norm, args.encoder_input,
+                   getattr(args, "encoder", VGG16))
 
 
 def _source_config(run: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
@@ -101,42 +123,47 @@ def _architecture_of(src: TrainConfig, run: str | Path) -> EncoderArchitecture:
     args = src.model_args
     if src.task == "single-label" and src.model == "vgg16":  # trained on the package's input
         return EncoderArchitecture(args.width, args.batch_norm, "fashion-mnist")
+    if src.task == "single-label" and src.model == "timm":
+        return EncoderArchitecture(input_kind="fashion-mnist", encoder=args.encoder)
     if src.task == "multilabel":
         return EncoderArchitecture.of_model_args(args)
     raise CheckpointError(f"{run} is a {src.task} {src.model!r} run; the encoder must come "
-                          "from a single-label vgg16 run or a multilabel run")
+                          "from a single-label vgg16 or timm run, or a multilabel run")
 
 
 def encoder_architecture(run: str | Path) -> EncoderArchitecture:
-    """The encoder architecture of a single-label vgg16 run or of a multilabel run."""
+    """The encoder architecture of a single-label vgg16 or timm run or of a multilabel run."""
     return _architecture_of(_source_config(run)[0], run)
 
 
-def encoder_from_run(run: str | Path, cfg: TrainConfig) -> VGGEncoder:
-    """The encoder of a single-label vgg16 run, or of a multilabel run (cnn-rnn or bce, e.g. one
-    whose encoder was fine-tuned on mosaics), checked against the multilabel model's args."""
+def _set_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def encoder_from_run(run: str | Path, cfg: TrainConfig) -> GridEncoder:
+    """The encoder of a single-label vgg16 or timm run, or of a multilabel run (cnn-rnn or bce,
+    e.g. one whose encoder was fine-tuned on mosaics), checked against the multilabel model's
+    args."""
     src, state = _source_config(run)
     arch = _architecture_of(src, run)
-    if arch != EncoderArchitecture.of_model_args(cfg.model_args):
-        raise CheckpointError(f"{run} has a width-{arch.width:g} encoder (batch_norm="
-                              f"{arch.batch_norm}, input {arch.input_kind}); set --set "
-                              f"model.encoder_width={arch.width:g} --set model.encoder_batch_norm="
-                              f"{str(arch.batch_norm).lower()} --set "
-                              f"model.encoder_input={arch.input_kind}")
+    ours = EncoderArchitecture.of_model_args(cfg.model_args)
+    if not arch.fits(ours):
+        fix = " ".join(f"--set model.{k}={_set_value(v)}" for k, v in arch.as_model_args().items()
+                       if ours.as_model_args().get(k) != v)
+        raise CheckpointError(f"{run} has a {arch.describe()}; set {fix}")
     model = get_entry(src.model, src.task).build(src.model_args, len(CLASSES))
     load_model_state(model, state, RunDir(run).checkpoint_path("best"))
     return model.encoder
 
 
-def _encoder(cfg: TrainConfig) -> VGGEncoder:
+def _encoder(cfg: TrainConfig) -> GridEncoder:
     ml, args = cfg.multilabel, cfg.model_args
     if ml.encoder_checkpoint:
         return encoder_from_run(ml.encoder_checkpoint, cfg)
-    if ml.encoder_weights:
-        encoder = VGGEncoder(args.encoder_width, args.encoder_batch_norm,
-                             input_kind=args.encoder_input)
-        load_torchvision_vgg16(encoder, ml.encoder_weights)  # needs encoder_input "imagenet"
-        return encoder
+    if ml.encoder_weights:  # torchvision's VGG-16, or a timm encoder's; needs input "imagenet"
+        return build_encoder(args, ml.encoder_weights)
     raise CnnrnnError("a multilabel model needs a pretrained encoder: set "
                       "multilabel.encoder_checkpoint or multilabel.encoder_weights, or call "
                       "cnnrnn.encoders.prepare(cfg) first (as `cnnrnn train` does)")
