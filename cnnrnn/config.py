@@ -109,9 +109,20 @@ class MultilabelConfig:
     # `prior` (a remedy for a shift of the label prior); validation and test follow `prior`
     mix_independent: float = 0.0
     label_smoothing: float = 0.0  # cnn-rnn: smoothing of each step's softmax target
+    # cnn-rnn: each step's target, "next" (the next label of the order: the paper) or "set"
+    # (any true label not yet emitted: an orderless target, with order = "pla"; losses.py)
+    step_target: str = "next"
 
     def validate(self) -> None:
         _check_choice("multilabel.order", self.order, ORDERS)
+        _check_choice("multilabel.step_target", self.step_target, ("next", "set"))
+        if self.step_target == "set" and self.order != "pla":
+            raise ConfigError("multilabel.step_target = 'set' needs multilabel.order = 'pla' "
+                              "(the model's own choice as the next input); with a fixed order "
+                              "it is fed orders it never emits")
+        if self.step_target == "set" and self.label_smoothing:
+            raise ConfigError("multilabel.label_smoothing and multilabel.step_target = 'set' "
+                              "do not combine; set one of them")
         for key, value in (("multilabel.mix_independent", self.mix_independent),
                            ("multilabel.label_smoothing", self.label_smoothing)):
             if not 0.0 <= value < 1.0:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnrnn.errors import DataError
+from cnnrnn.errors import ConfigError, DataError
 from cnnrnn.models.cnn_rnn import IGNORE_INDEX, SequenceOutput
 
 
@@ -26,6 +26,9 @@ class CrossEntropy(nn.Module):
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
 
 
+STEP_TARGETS = ("next", "set")
+
+
 class SequenceNLL(nn.Module):
     """CNN-RNN: cross-entropy of the next label, mean over all target steps (labels and END),
     plus `aux_weight` x the mean per-label BCE of the semantic-regularisation head when the
@@ -33,16 +36,34 @@ class SequenceNLL(nn.Module):
 
     `label_smoothing` e: each step's target is (1 - e) on the true next symbol and e spread
     evenly over the symbols the step may still emit (the labels not yet in the path and END;
-    those already emitted have probability 0 and take no share)."""
+    those already emitted have probability 0 and take no share).
 
-    def __init__(self, aux_weight: float = 0.0, label_smoothing: float = 0.0) -> None:
+    `step_target` "set" (an orderless target): at each step every true label not yet emitted
+    is right, and the loss is -log of their total probability, -log sum_{l in rest} P(l);
+    END once all are emitted. The inputs must be the model's own choices (order "pla", checked
+    by the config): trained on a fixed order's inputs, the model learns to emit any remaining
+    label first and is then fed an order it never emits (measured: a few images it fits to a
+    loss of 0.009 still decode wrong). With "next", the paper's, only the next label of the
+    order is right, and the true labels still to come count as wrong at this step.
+    """
+
+    def __init__(self, aux_weight: float = 0.0, label_smoothing: float = 0.0,
+                 step_target: str = "next") -> None:
         super().__init__()
+        if step_target not in STEP_TARGETS:
+            raise ConfigError(f"step_target must be one of {', '.join(STEP_TARGETS)}, got "
+                              f"{step_target!r}")
+        if step_target == "set" and label_smoothing:
+            raise ConfigError("label smoothing and the set target do not combine; choose one")
         self.aux_weight = aux_weight
         self.label_smoothing = label_smoothing
+        self.step_target = step_target
 
     def forward(self, out: SequenceOutput, y: Tensor) -> Tensor:
         log_probs, targets = out.log_probs.flatten(0, 1), out.targets.flatten()
-        if self.label_smoothing:
+        if self.step_target == "set":
+            loss = set_target_nll(out.log_probs, out.targets)
+        elif self.label_smoothing:
             scored = targets != IGNORE_INDEX
             lp = log_probs[scored]  # (N, K+1), -inf where a label was emitted already
             allowed = torch.isfinite(lp)
@@ -55,6 +76,20 @@ class SequenceNLL(nn.Module):
             loss = loss + self.aux_weight * F.binary_cross_entropy_with_logits(
                 out.aux_logits, y.float())
         return loss
+
+
+def set_target_nll(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """Mean over the scored steps of -log sum_{l in R_t} P_t(l), where R_t holds the labels
+    of targets[t:] (those not yet emitted), or END at the END step.
+
+    log_probs (B, T, K+1), targets (B, T) long (labels, END = K, then IGNORE_INDEX)."""
+    end = log_probs.shape[-1] - 1
+    valid = targets != IGNORE_INDEX  # (B, T)
+    onehot = F.one_hot(targets.clamp(min=0), end + 1).bool() & valid[..., None]  # (B, T, K+1)
+    rest = onehot.flip(1).cumsum(1).flip(1) > 0  # labels at this step or later
+    rest[..., end] = targets == end  # END is right only at the END step
+    nll = -torch.logsumexp(log_probs.masked_fill(~rest, float("-inf")), dim=-1)  # (B, T)
+    return nll[valid].mean()
 
 
 class BinaryCrossEntropy(nn.Module):

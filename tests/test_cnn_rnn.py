@@ -202,6 +202,32 @@ def test_label_smoothing_spreads_the_target_over_the_symbols_still_allowed():
     assert smoothed > SequenceNLL()(out, y) * (1 - eps)
 
 
+def test_set_target_scores_every_true_label_not_yet_emitted():
+    gen = torch.Generator().manual_seed(12)
+    x = torch.rand(5, 1, 28, 28, generator=gen)
+    y = random_label_sets(5, 10, gen)
+    model = make_model(seed=12)
+    out = model(x, y)
+    loss = SequenceNLL(step_target="set")(out, y)
+    by_hand, n = 0.0, 0
+    for b in range(5):
+        order = [int(t) for t in out.targets[b] if t != IGNORE_INDEX]  # labels, then END
+        assert order[-1] == 10 and sorted(order[:-1]) == y[b].nonzero().flatten().tolist()
+        for t, target in enumerate(order):
+            rest = order[t:-1] if target != 10 else [10]  # still to emit, else END
+            by_hand += -torch.logsumexp(out.log_probs[b, t, rest], 0)
+            n += 1
+    assert torch.allclose(loss, by_hand / n, atol=1e-6)
+    # the set target is never above the next-label one: a sum holds the next label's P
+    assert loss <= SequenceNLL()(out, y) + 1e-6
+    loss.backward()  # and it trains
+    assert model.U_l.grad is not None and torch.isfinite(model.U_l.grad).all()
+    with pytest.raises(ConfigError, match="step_target"):
+        SequenceNLL(step_target="bag")
+    with pytest.raises(ConfigError, match="do not combine"):
+        SequenceNLL(label_smoothing=0.1, step_target="set")
+
+
 def test_frozen_encoder_gets_no_gradient_and_stays_in_eval_mode():
     model = make_model(freeze_encoder=True).train()
     assert not model.encoder.training and model.lstm.training
@@ -374,9 +400,10 @@ def test_decoded_paths_never_repeat_a_label(beam_width):
     assert torch.all((decoded.scores >= 0) & (decoded.scores <= 1))
 
 
-@pytest.mark.parametrize(("order", "decoder"),
-                         [("fixed", "paper"), ("pla", "paper"), ("fixed", "attention")])
-def test_decoder_overfits_a_few_images(order, decoder):
+@pytest.mark.parametrize(("order", "decoder", "step_target"),
+                         [("fixed", "paper", "next"), ("pla", "paper", "next"),
+                          ("fixed", "attention", "next"), ("pla", "paper", "set")])
+def test_decoder_overfits_a_few_images(order, decoder, step_target):
     gen = torch.Generator().manual_seed(7)
     x = torch.rand(8, 1, 28, 28, generator=gen)
     y = random_label_sets(8, 10, gen, max_labels=4)
@@ -386,7 +413,7 @@ def test_decoder_overfits_a_few_images(order, decoder):
     model.train()
     for _ in range(400):  # exact match after about 150 (fixed) and 230 (pla) steps
         optimizer.zero_grad()
-        loss = seq_loss(model, x, y)
+        loss = SequenceNLL(step_target=step_target)(model(x, y), y)
         loss.backward()
         optimizer.step()
     model.eval()

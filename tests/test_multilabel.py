@@ -282,3 +282,7 @@ def test_mix_independent_draws_training_mosaics_from_the_mixture_only(fmnist):
         load_config("multilabel", overrides={"multilabel.mix_independent": 1.0})
     with pytest.raises(ConfigError, match="multilabel.label_smoothing"):
         load_config("multilabel", overrides={"multilabel.label_smoothing": -0.1})
+    with pytest.raises(ConfigError, match="needs multilabel.order = 'pla'"):
+        load_config("multilabel", overrides={"multilabel.step_target": "set"})
+    assert load_config("multilabel", overrides={"multilabel.step_target": "set",
+                                                "multilabel.order": "pla"})

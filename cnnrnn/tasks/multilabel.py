@@ -193,7 +193,8 @@ def _cnn_rnn_kwargs(cfg: TrainConfig, data: TaskData | None) -> dict[str, Any]:
 FAMILIES: dict[str, Family] = {
     "cnn-rnn": Family(
         criterion=lambda cfg: SequenceNLL(cfg.model_args.aux_bce,
-                                          cfg.multilabel.label_smoothing),
+                                          cfg.multilabel.label_smoothing,
+                                          cfg.multilabel.step_target),
         decode=lambda model, x, cfg: model.predict(x, cfg.multilabel.beam_width),
         build_kwargs=_cnn_rnn_kwargs,
         describe=lambda cfg: {"order": cfg.multilabel.order}),
