@@ -3,7 +3,7 @@
 # scripts/bench_embeddings.sh trains (OUT/enc), under `outfits`, beside that script's runs
 # (OUT/outfits/cnn-rnn-s{0,1,2}, bce-s0): the attention decoder with two seeds, BCE's second
 # seed, label dropout (prior dropout) with either decoder, training mosaics half under the
-# `independent` prior, and label smoothing. Each run is then tested under
+# `independent` prior, label smoothing, and the orderless set target (with PLA inputs). Each run is then tested under
 # both priors (the prior-shift table) and the attention runs are scored for localisation.
 # docs/results.md's decoder and prior-shift tables come from here.
 #   usage: scripts/bench_decoders.sh OUT
@@ -35,4 +35,6 @@ run "$out/outfits/cnn-rnn-drop-s0" "${enc[@]}" --seed 0 "${drop[@]}" "${t[@]}"; 
 mix=(--set multilabel.mix_independent=0.5)
 run "$out/outfits/attention-mix-s0" "${enc[@]}" --seed 0 "${att[@]}" "${mix[@]}" "${t[@]}"; test_both "$out/outfits/attention-mix-s0"
 run "$out/outfits/attention-smooth-s0" "${enc[@]}" --seed 0 "${att[@]}" --set multilabel.label_smoothing=0.1 "${t[@]}"; test_both "$out/outfits/attention-smooth-s0"
+set_target=(--set multilabel.order=pla --set multilabel.step_target=set)
+run "$out/outfits/attention-set-s0" "${enc[@]}" --seed 0 "${att[@]}" "${set_target[@]}" "${t[@]}"; test_both "$out/outfits/attention-set-s0"
 for r in "$out"/outfits/cnn-rnn-s{1,2} "$out"/outfits/bce-s0 "$out"/outfits/cnn-rnn-s0; do test_both "$r"; done
