@@ -37,4 +37,7 @@ run "$out/outfits/attention-mix-s0" "${enc[@]}" --seed 0 "${att[@]}" "${mix[@]}"
 run "$out/outfits/attention-smooth-s0" "${enc[@]}" --seed 0 "${att[@]}" --set multilabel.label_smoothing=0.1 "${t[@]}"; test_both "$out/outfits/attention-smooth-s0"
 set_target=(--set multilabel.order=pla --set multilabel.step_target=set)
 run "$out/outfits/attention-set-s0" "${enc[@]}" --seed 0 "${att[@]}" "${set_target[@]}" "${t[@]}"; test_both "$out/outfits/attention-set-s0"
+for s in 0 1; do  # a quarter of the training mosaics without co-occurrence
+  run "$out/outfits/attention-mix25-s$s" "${enc[@]}" --seed "$s" "${att[@]}" --set multilabel.mix_independent=0.25 "${t[@]}"; test_both "$out/outfits/attention-mix25-s$s"
+done
 for r in "$out"/outfits/cnn-rnn-s{1,2} "$out"/outfits/bce-s0 "$out"/outfits/cnn-rnn-s0; do test_both "$r"; done
