@@ -92,6 +92,17 @@ def decoders(out: Path) -> str:
         cells += [_cell([r["O-F1"] for r in shift], False),
                   _cell([r["exact_match"] for r in shift], False), _cell(lost, False)]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", "Under the shift (`independent` test mosaics), by label count and kind of error, "
+              "mean over the seeds:", ""]
+    keys = ("exact, 1 label", "exact, 2 labels", "exact, 3 labels", "exact, 4 labels",
+            "too few", "too many", "swap at right count")
+    lines += ["| variant | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for name, runs in variants.items():
+        rows = [json.loads((r / "errors-independent.json").read_text())[0] for r in runs
+                if (r / "errors-independent.json").is_file()]
+        if rows:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{sum(r[k] for r in rows) / len(rows):.3f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
