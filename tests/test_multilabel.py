@@ -284,5 +284,9 @@ def test_mix_independent_draws_training_mosaics_from_the_mixture_only(fmnist):
         load_config("multilabel", overrides={"multilabel.label_smoothing": -0.1})
     with pytest.raises(ConfigError, match="needs multilabel.order = 'pla'"):
         load_config("multilabel", overrides={"multilabel.step_target": "set"})
+    with pytest.raises(ConfigError, match="do not combine"):  # the recipe smooths
+        load_config("multilabel", overrides={"multilabel.step_target": "set",
+                                             "multilabel.order": "pla"})
     assert load_config("multilabel", overrides={"multilabel.step_target": "set",
-                                                "multilabel.order": "pla"})
+                                                "multilabel.order": "pla",
+                                                "multilabel.label_smoothing": 0.0})

@@ -302,19 +302,26 @@ def test_cnn_rnn_embeddings_and_maps(tmp_path, data_dir):
     assert {"umap_single_items.png", "umap_mosaics.png", "umap_mosaics.json"} <= names
 
 
-def test_cnn_rnn_label_embeddings_are_the_rows_of_u_l():
+@pytest.mark.parametrize("decoder", ["paper", "attention"])
+def test_cnn_rnn_label_embeddings_are_the_rows_of_u_l(decoder):
     from cnnrnn.config import load_config
     from cnnrnn.models.embeddings import class_embeddings, embed_images
     from cnnrnn.tasks import get_task
 
     cfg = load_config("multilabel", overrides={"model.encoder_width": 0.0625,
-                                               "model.embed_dim": 16, "model.hidden_size": 8})
+                                               "model.embed_dim": 16, "model.hidden_size": 8,
+                                               "model.decoder": decoder})
     model = get_task("multilabel").build(cfg, None).eval()
     assert torch.equal(class_embeddings(model), model.U_l[:10].detach())
     x = torch.randn(3, 1, 56, 56)
     points = embed_images(model, x)  # U_I^x I: the image term of eq. 4
     assert points.shape == (3, 16)
-    assert torch.allclose(points, model.U_I_x(model.encode(x)))
+    features = model.encode(x)
+    if decoder == "paper":
+        assert torch.allclose(points, model.U_I_x(features))
+    else:  # the image term under uniform attention: U_I^x of the mean cell
+        cells = model.encoder.cells(features)  # (3, 4, C)
+        assert torch.allclose(points, model.U_I_x(cells.mean(1)), atol=1e-5)
 
 
 def test_a_model_without_label_embeddings_is_refused():
