@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 out=$1
 bin=${CNNRNN:-.venv/bin/cnnrnn}
 t=(--set "threads=${THREADS:-2}" --quiet)
+paper=(--set model.decoder=paper --set multilabel.label_smoothing=0)  # the decoder these ran with
 run() {  # dir args...: train unless done, resume if interrupted
   local dir=$1; shift
   if [ -f "$dir/val_metrics.json" ]; then return; fi
@@ -18,9 +19,9 @@ run() {  # dir args...: train unless done, resume if interrupted
 }
 run "$out/enc" --model vgg16 --set model.width=0.25 --epochs 6 "${t[@]}"
 for s in 0 1 2; do
-  run "$out/outfits/cnn-rnn-s$s" --task multilabel --seed "$s" --encoder-checkpoint "$out/enc" "${t[@]}"
+  run "$out/outfits/cnn-rnn-s$s" --task multilabel --seed "$s" --encoder-checkpoint "$out/enc" "${paper[@]}" "${t[@]}"
 done
-run "$out/independent/cnn-rnn-s0" --task multilabel --prior independent --encoder-checkpoint "$out/enc" "${t[@]}"
+run "$out/independent/cnn-rnn-s0" --task multilabel --prior independent --encoder-checkpoint "$out/enc" "${paper[@]}" "${t[@]}"
 run "$out/outfits/bce-s0" --task multilabel --model bce --encoder-checkpoint "$out/enc" "${t[@]}"
 mkdir -p "$out/costs"
 "$bin" analyze costs hierarchy --out "$out/costs/hierarchy.csv"
