@@ -178,12 +178,17 @@ def test_aux_bce_adds_the_weighted_per_label_bce_of_the_semantic_head():
         make_model(aux_bce=-1.0)
 
 
+def teacher_forced(n: int, seed: int):
+    """n random images and label sets, a model, and its teacher-forced output on them."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=gen)
+    y = random_label_sets(n, 10, gen)
+    model = make_model(seed=seed)
+    return x, y, model, model(x, y)
+
+
 def test_label_smoothing_spreads_the_target_over_the_symbols_still_allowed():
-    gen = torch.Generator().manual_seed(11)
-    x = torch.rand(4, 1, 28, 28, generator=gen)
-    y = random_label_sets(4, 10, gen)
-    model = make_model(seed=11)
-    out = model(x, y)
+    x, y, model, out = teacher_forced(4, seed=11)
     eps = 0.2
     smoothed = SequenceNLL(label_smoothing=eps)(out, y)
     by_hand, n = 0.0, 0
@@ -203,11 +208,7 @@ def test_label_smoothing_spreads_the_target_over_the_symbols_still_allowed():
 
 
 def test_set_target_scores_every_true_label_not_yet_emitted():
-    gen = torch.Generator().manual_seed(12)
-    x = torch.rand(5, 1, 28, 28, generator=gen)
-    y = random_label_sets(5, 10, gen)
-    model = make_model(seed=12)
-    out = model(x, y)
+    x, y, model, out = teacher_forced(5, seed=12)
     loss = SequenceNLL(step_target="set")(out, y)
     by_hand, n = 0.0, 0
     for b in range(5):
