@@ -39,6 +39,7 @@ for s in 0 1; do
   both "$out/outfits/attention-s$s" "${enc[@]}" --seed "$s" "${att[@]}" "${t[@]}"
   both "$out/outfits/attention-smooth-s$s" "${enc[@]}" --seed "$s" "${default[@]}" "${t[@]}"
   both "$out/outfits/attention-smooth-mix25-s$s" "${enc[@]}" --seed "$s" "${default[@]}" "${mix25[@]}" "${t[@]}"
+  both "$out/outfits/attention-smooth-mix20-s$s" "${enc[@]}" --seed "$s" "${default[@]}" --set multilabel.mix_independent=0.2 "${t[@]}"
 done
 both "$out/outfits/attention-drop-s0" "${enc[@]}" --seed 0 "${att[@]}" "${drop[@]}" "${t[@]}"
 both "$out/outfits/cnn-rnn-drop-s0" "${enc[@]}" --seed 0 "${paper[@]}" "${drop[@]}" "${t[@]}"
