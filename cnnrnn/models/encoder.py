@@ -1,5 +1,6 @@
-"""What the encoders and the multilabel heads share: an image encoder read through its last
-feature map (`GridEncoder`), and a head whose encoder may be frozen (`HasEncoder`)."""
+"""What the encoders and the heads share: an image encoder read through its last feature map
+(`GridEncoder`), a multilabel head whose encoder may be frozen (`HasEncoder`), and the
+single-label classifier on an encoder (`EncoderClassifier`)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,23 @@ class GridEncoder(nn.Module):
         fmap = self.features(x)  # (B, C, h, w)
         pool = F.adaptive_max_pool2d if self.pool == "max" else F.adaptive_avg_pool2d
         return pool(fmap, self.grid).flatten(1)  # (B, C * grid * grid)
+
+
+class EncoderClassifier(nn.Module):
+    """A single-label classifier: `encoder` (reusable by the CNN-RNN and BCE), then dropout and
+    a linear `head` on its globally pooled features."""
+
+    def __init__(self, encoder: GridEncoder, dropout: float, num_classes: int = 10):
+        super().__init__()
+        self.encoder = encoder
+        self.num_features = encoder.num_features
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.encoder.forward_features(x)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))

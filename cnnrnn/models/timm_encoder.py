@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnrnn.errors import CheckpointError, ConfigError
-from cnnrnn.models.encoder import GridEncoder
+from cnnrnn.models.encoder import EncoderClassifier, GridEncoder
 from cnnrnn.models.registry import register
 from cnnrnn.models.vgg import ImageNetInput, check_encoder_input
 from cnnrnn.schema import suggest
@@ -247,25 +247,12 @@ class TimmArgs:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-class TimmClassifier(nn.Module):
+class TimmClassifier(EncoderClassifier):
     """A timm network's feature map, global pooling, dropout and a linear `head`; its
     `encoder` is reusable by the CNN-RNN and BCE, as VGG16's is."""
 
     def __init__(self, args: TimmArgs, num_classes: int = 10):
-        super().__init__()
-        self.encoder = TimmEncoder(args.encoder, args.pool)
-        self.num_features = self.encoder.num_features
-        self.head = nn.Sequential(nn.Dropout(args.dropout),
-                                  nn.Linear(self.num_features, num_classes))
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.encoder.forward_features(x)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.head(features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        super().__init__(TimmEncoder(args.encoder, args.pool), args.dropout, num_classes)
 
 
 register("timm", TimmArgs, ("single-label",),

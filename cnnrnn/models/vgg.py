@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnrnn.data.fashion_mnist import MEAN, STD
 from cnnrnn.errors import CheckpointError, ConfigError
-from cnnrnn.models.encoder import GridEncoder
+from cnnrnn.models.encoder import EncoderClassifier, GridEncoder
 from cnnrnn.models.registry import register
 
 # Configuration D: output channels of each 3x3 convolution, "M" = 2x2 max-pooling.
@@ -113,24 +113,12 @@ class VGGEncoder(GridEncoder):
                 nn.init.zeros_(m.bias)
 
 
-class VGG16(nn.Module):
+class VGG16(EncoderClassifier):
     """VGG-16-style classifier: `encoder` (reusable by the CNN-RNN) and a linear `head`."""
 
     def __init__(self, args: VGGArgs, num_classes: int = 10):
-        super().__init__()
-        self.encoder = VGGEncoder(args.width, args.batch_norm, args.pool)
-        self.num_features = self.encoder.num_features
-        self.head = nn.Sequential(nn.Dropout(args.dropout),
-                                  nn.Linear(self.num_features, num_classes))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        super().__init__(VGGEncoder(args.width, args.batch_norm, args.pool), args.dropout,
+                         num_classes)
 
 
 register("vgg16", VGGArgs, ("single-label",),
