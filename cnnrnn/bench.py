@@ -88,13 +88,15 @@ def bench_size(tiny: bool, steps: int | None = None) -> BenchSize:
                      size.data_batches)
 
 
-def parse_models(text: str | None) -> list[str]:
-    """`cnn,gru` -> ["cnn", "gru"]; None or empty: every model. Unknown names are an error."""
-    names = [n.strip() for n in (text or "").split(",") if n.strip()] or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
+def parse_models(text: str | None, known: Iterable[str] = MODELS) -> list[str]:
+    """`cnn,gru` -> ["cnn", "gru"]; None or empty: every model of `known`. Unknown names are
+    an error."""
+    known = list(known)
+    names = [n.strip() for n in (text or "").split(",") if n.strip()] or known
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise CnnrnnError(f"unknown model {unknown[0]!r} for --models; choose from "
-                          f"{', '.join(MODELS)}")
+                          f"{', '.join(known)}")
     return list(dict.fromkeys(names))
 
 

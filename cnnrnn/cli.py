@@ -385,10 +385,10 @@ def bench(
     if time_to_accuracy:
         from cnnrnn.time_to_accuracy import TARGETS, format_time_to_accuracy, run_time_to_accuracy
 
-        names = [n.strip() for n in (models or ",".join(TARGETS)).split(",") if n.strip()]
         result = run_time_to_accuracy(
-            names, data_dir, max_minutes, max_epochs or (2 if tiny else 0), target,
-            limit=1024 if tiny else 0, threads=threads, say=_note)
+            parse_models(models, TARGETS), data_dir, max_minutes,
+            max_epochs or (2 if tiny else 0), target, limit=1024 if tiny else 0,
+            threads=threads, say=_note)
         if as_json:
             _echo_json(result)
         else:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from cnnrnn.bench import plain_loader, torchvision_root
+from cnnrnn.bench import plain_fashion_mnist, plain_loader, torchvision_root
 from cnnrnn.config import TrainConfig, load_config
 from cnnrnn.data.fashion_mnist import train_val_split
 from cnnrnn.errors import CnnrnnError
@@ -113,12 +113,9 @@ def _accuracy(model: nn.Module, loader: DataLoader) -> float:
 def plain_race(cfg: TrainConfig, race: Race, data_dir: str | Path | None,
                limit: int = 0) -> dict[str, Any]:
     """The tutorials' loop (see the module doc) on the recipe's architecture."""
-    from torchvision import datasets, transforms
-
     with torchvision_root(data_dir) as root:
         race.start = time.perf_counter()
-        dataset = datasets.FashionMNIST(str(root), train=True, download=False,
-                                        transform=transforms.ToTensor())
+        dataset = plain_fashion_mnist(root)
         train_idx, val_idx = train_val_split(len(dataset), cfg.val_size)
         if limit:
             train_idx = train_idx[:limit]
