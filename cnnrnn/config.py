@@ -37,6 +37,7 @@ CHOICES = {
 ORDERS = ("frequency", "rare-first", "random", "pla")
 LOSSES = ("cross-entropy", "soft-labels", "expected-cost")
 DECISIONS = ("argmax", "crm")
+STEP_TARGETS = ("next", "set")  # the CNN-RNN's step target (cnnrnn.losses.SequenceNLL)
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -115,7 +116,7 @@ class MultilabelConfig:
 
     def validate(self) -> None:
         _check_choice("multilabel.order", self.order, ORDERS)
-        _check_choice("multilabel.step_target", self.step_target, ("next", "set"))
+        _check_choice("multilabel.step_target", self.step_target, STEP_TARGETS)
         if self.step_target == "set" and self.order != "pla":
             raise ConfigError("multilabel.step_target = 'set' needs multilabel.order = 'pla' "
                               "(the model's own choice as the next input); with a fixed order "

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnrnn.config import STEP_TARGETS
 from cnnrnn.errors import ConfigError, DataError
 from cnnrnn.models.cnn_rnn import IGNORE_INDEX, SequenceOutput
 
@@ -24,9 +25,6 @@ class CrossEntropy(nn.Module):
 
     def forward(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-
-
-STEP_TARGETS = ("next", "set")
 
 
 class SequenceNLL(nn.Module):
