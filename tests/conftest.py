@@ -66,6 +66,22 @@ def user_error(monkeypatch, capsys):
     return run
 
 
+@pytest.fixture
+def listening_reporter():
+    """A silent Reporter that keeps every message it is told to say, in `.said`."""
+    from cnnrnn.progress import Reporter
+
+    class Listening(Reporter):
+        def __init__(self) -> None:
+            super().__init__(enabled=False)
+            self.said: list[str] = []
+
+        def say(self, message: str) -> None:
+            self.said.append(message)
+
+    return Listening()
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     # Tests train tiny models: more threads only add overhead on a 2-core machine.

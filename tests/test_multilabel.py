@@ -164,19 +164,14 @@ def test_encoder_architecture_comes_from_the_checkpoint(encoder_run):
     assert prepare(single) is single  # a task without a pretrained encoder is left alone
 
 
-def test_automatic_encoder_pretraining_is_cached(data_dir, tmp_path, monkeypatch):
+def test_automatic_encoder_pretraining_is_cached(data_dir, tmp_path, monkeypatch,
+                                                  listening_reporter):
     monkeypatch.setenv("CNNRNN_CACHE", str(tmp_path / "cache"))
-    said: list[str] = []
-    from cnnrnn.progress import Reporter
-
-    class Collect(Reporter):
-        def say(self, message: str) -> None:
-            said.append(message)
-
+    said = listening_reporter.said
     over = {**TINY_ML, "epochs": 1, "val_size": 200, "multilabel.encoder_epochs": 1,
             "multilabel.encoder_limit_train": 256}
     cfg = prepare(load_config("multilabel", overrides=over), explicit=over, data_dir=data_dir,
-                  reporter=Collect(enabled=False))
+                  reporter=listening_reporter)
     assert "pretraining a vgg16 encoder" in said[0]
     cached = list((tmp_path / "cache" / "encoders").iterdir())
     assert len(cached) == 1 and (cached[0] / "best.pt").is_file()
@@ -184,7 +179,7 @@ def test_automatic_encoder_pretraining_is_cached(data_dir, tmp_path, monkeypatch
     train(cfg, tmp_path / "a", data_dir=data_dir)
     assert f'encoder_checkpoint = "{cached[0]}"' in (tmp_path / "a" / "config.toml").read_text()
     again = prepare(load_config("multilabel", overrides=over), explicit=over, data_dir=data_dir,
-                    reporter=Collect(enabled=False))
+                    reporter=listening_reporter)
     assert "using the cached pretrained encoder" in said[1] and again == cfg
 
 

@@ -274,21 +274,14 @@ def test_runs_round_trip_through_their_checkpoints(data_dir, tmp_path, fmnist, u
         "model.encoder=timm:resnet18", "--out", tmp_path / "x", *d)
 
 
-def test_pretraining_a_timm_encoder(data_dir, tmp_path, monkeypatch):
+def test_pretraining_a_timm_encoder(data_dir, tmp_path, monkeypatch, listening_reporter):
     monkeypatch.setenv("CNNRNN_CACHE", str(tmp_path / "cache"))
-    said: list[str] = []
-    from cnnrnn.progress import Reporter
-
-    class Collect(Reporter):
-        def say(self, message: str) -> None:
-            said.append(message)
-
     over = {"model.encoder": SMALL, "model.hidden_size": 8, "model.embed_dim": 16,
             "val_size": 100, "precision": "fp32", "threads": 1,
             "multilabel.encoder_epochs": 1, "multilabel.encoder_limit_train": 64}
     cfg = prepare(load_config("multilabel", overrides=over), explicit=over, data_dir=data_dir,
-                  reporter=Collect(enabled=False))
-    assert "pretraining a timm:resnet10t encoder" in said[0]
+                  reporter=listening_reporter)
+    assert "pretraining a timm:resnet10t encoder" in listening_reporter.said[0]
     run = tmp_path / "cache" / "encoders" / "timm-resnet10t-e1-n64-s0-v100"
     assert cfg.multilabel.encoder_checkpoint == str(run) and (run / "best.pt").is_file()
     src, _, model, _ = load_run(run)
