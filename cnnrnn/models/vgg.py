@@ -18,6 +18,7 @@ from torch import nn
 
 from cnnrnn.data.fashion_mnist import MEAN, STD
 from cnnrnn.errors import CheckpointError, ConfigError
+from cnnrnn.models.conv import Conv2d
 from cnnrnn.models.encoder import EncoderClassifier, GridEncoder
 from cnnrnn.models.registry import register
 
@@ -99,7 +100,7 @@ class VGGEncoder(GridEncoder):
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
                 continue
             c_out = max(1, round(int(v) * width))
-            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+            layers.append(Conv2d(c_in, c_out, 3, padding=1))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.ReLU(inplace=True))
