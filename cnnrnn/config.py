@@ -33,6 +33,7 @@ CHOICES = {
     "schedule": ("constant", "cosine", "step"),
     "device": DEVICES,
     "precision": ("fp32", "bf16", "fp16"),
+    "data_device": ("auto", "cpu"),
 }
 ORDERS = ("frequency", "rare-first", "random", "pla")
 LOSSES = ("cross-entropy", "soft-labels", "expected-cost")
@@ -167,6 +168,9 @@ class TrainConfig:
     limit_train: int = 0  # train on the first N training images / N mosaics per epoch; 0 = all
     threads: int = 0  # torch CPU threads; 0 = torch's default; -1 = auto (precision.auto_threads)
     channels_last: bool = True  # NHWC memory layout: ~20 % faster convolutions on CPU
+    # where the training data lives: "auto" = on the training device (a GPU's memory: batches
+    # and mosaics are built there), "cpu" = host memory, each batch copied to the device
+    data_device: str = "auto"
     checkpoint_minutes: float = 10.0  # also save last.pt inside an epoch this often; 0 = off
     compile: bool = False  # torch.compile the training step's model (GPUs; minutes to compile)
     single_label: SingleLabelConfig = field(default_factory=SingleLabelConfig)

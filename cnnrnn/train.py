@@ -204,6 +204,8 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
         run.write_config(cfg)  # before training starts
         run.record_environment(cfg, resumed=resume)
     data = task.prepare(cfg, load_fashion_mnist(data_dir))
+    if cfg.data_device == "auto":  # a no-op on a CPU; on a GPU the batches are built there
+        data.train = data.train.to(device)
     data.train = world.shard(data.train)  # each rank its slice of every global batch
     torch.manual_seed(cfg.seed)  # weight initialisation
     # resuming: a bare model, since last.pt brings every weight (and the encoder run it was

@@ -46,3 +46,40 @@ def test_resume_equals_straight_on_the_gpu(tmp_path, data_dir):
     # cuDNN may pick nondeterministic kernels: equal up to their rounding, not bit for bit
     for ra, rb in zip(a, b, strict=True):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-3)
+
+
+def test_batches_are_built_in_gpu_memory(fmnist):
+    """Single-label batches gathered and augmented on the GPU hold the CPU's pixels; mosaics
+    built on the GPU are mosaics (their labels are the classes in their cells) and repeat."""
+    from cnnrnn.data.loader import IndexedBatches
+    from cnnrnn.data.mosaics import MosaicGenerator, split_pool
+    from cnnrnn.data.priors import load_prior
+    from cnnrnn.tasks.multilabel import MosaicBatches
+
+    host = IndexedBatches(fmnist.train_images[:512], fmnist.train_labels[:512], 128, seed=3,
+                          augment=True, erase=0.5)
+    gpu = host.to(torch.device("cuda"))
+    for (x, y), (xg, yg) in zip(host.epoch(1), gpu.epoch(1), strict=True):
+        assert xg.is_cuda and yg.is_cuda
+        assert torch.equal(xg.cpu(), x) and torch.equal(yg.cpu(), y)
+
+    images, labels, _ = split_pool(fmnist, "train", 5000)
+    gen = MosaicGenerator(images, labels, load_prior("outfits")).to("cuda")
+    g = torch.Generator("cuda").manual_seed(0)
+    mosaics, sets, items = gen.sample(256, g, return_items=True)
+    assert mosaics.is_cuda and sets.is_cuda
+    cells = torch.where(items >= 0, labels.cuda()[items.clamp(min=0)], 10)
+    present = torch.nn.functional.one_hot(cells, 11)[..., :10].amax(1)
+    assert torch.equal(present.to(torch.uint8), sets)
+    source = MosaicBatches(MosaicGenerator(images, labels, load_prior("outfits")), 256, 128, 0)
+    a, b = list(source.to(torch.device("cuda")).epoch(0)), list(source.to("cuda").epoch(0))
+    assert a[0][0].is_cuda and all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
+
+
+def test_multilabel_trains_with_mosaics_on_the_gpu(tmp_path, data_dir):
+    over = {"limit_train": 256, "batch_size": 128, "val_size": 500, "epochs": 1,
+            "device": "cuda", "precision": "bf16", "model.encoder_width": 0.125,
+            "multilabel.val_mosaics": 200, "multilabel.test_mosaics": 200}
+    cfg = load_config("multilabel", "bce", overrides=over)
+    summary = train(cfg, tmp_path / "bce", data_dir=data_dir)
+    assert summary["steps"] == 2 and summary["stop"] == "finished"

@@ -3,10 +3,15 @@
 No per-sample PIL or ToTensor: a batch is one gather, one conversion to float and one
 normalisation. Shuffling and augmentation are pure functions of (seed, epoch, batch index), so a
 run resumed in the middle of an epoch sees exactly the batches it would have seen.
+
+The images may live on a GPU (`IndexedBatches.to`): the gather, augmentation and normalisation
+then run there. The random numbers are still drawn on the CPU, from the same seeds, so a batch
+holds the same pixels on every device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,16 +43,17 @@ def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2
     images: (B, H, W) uint8; returns the same shape and dtype.
     """
     b, h, w = images.shape
+    device = images.device  # the draws come from the CPU generator, then move here
     if flip:
-        flipped = torch.rand(b, generator=generator) < 0.5
+        flipped = (torch.rand(b, generator=generator) < 0.5).to(device)
         images = torch.where(flipped[:, None, None], images.flip(-1), images)
     if max_shift:
         padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # (B, H+2s, W+2s)
-        dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
-        dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-        cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-        images = padded[torch.arange(b)[:, None, None], rows, cols]
+        dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator).to(device)
+        dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator).to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]  # (B, 1, W)
+        images = padded[torch.arange(b, device=device)[:, None, None], rows, cols]
     return images
 
 
@@ -74,7 +80,8 @@ def random_erase(images: torch.Tensor, generator: torch.Generator, p: float = 0.
     in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (B, W)
     mask = erase[:, None, None] & in_rows[:, :, None] & in_cols[:, None, :]
     noise = torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
-    return torch.where(mask, noise, images)
+    device = images.device  # drawn on the CPU generator, applied where the images are
+    return torch.where(mask.to(device), noise.to(device), images)
 
 
 @dataclass
@@ -97,12 +104,18 @@ class IndexedBatches:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def to(self, device: torch.device) -> IndexedBatches:
+        """The same batches with the images and targets held on `device` (a GPU's memory):
+        each batch is then gathered, augmented and normalised there."""
+        return dataclasses.replace(self, images=self.images.to(device),
+                                   targets=self.targets.to(device))
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches `start..len-1` of `epoch` as (x (B, 1, H, W) float, targets)."""
         order = torch.randperm(len(self.images),
                                generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
         for i in range(start, len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.images.device)
             images = self.images[idx]
             if self.augment or self.erase:
                 g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, i))

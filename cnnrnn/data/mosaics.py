@@ -13,6 +13,7 @@ images, split by `train_val_split`; test mosaics only from the test images.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,9 +135,24 @@ class MosaicGenerator:
             cdf[t, int(torch.nonzero(row).max()):] = 1.0
         self._class_cdf = cdf
 
+    @property
+    def device(self) -> torch.device:
+        """Where the item pool lives, and so where mosaics are built."""
+        return self._pool.device
+
+    def to(self, device: torch.device | str) -> MosaicGenerator:
+        """The same generator with its pool and tables on `device` (a GPU's memory), so its
+        mosaics are built there; `sample` then needs a generator on that device."""
+        moved = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(moved, name, value.to(device))
+        return moved
+
     def sample(self, n: int, generator: torch.Generator, return_items: bool = False
                ) -> tuple[torch.Tensor, ...]:
-        """Draw n mosaics; the same generator state gives the same mosaics.
+        """Draw n mosaics; the same generator state gives the same mosaics. The generator
+        must be on `self.device` (a CUDA generator draws other numbers than a CPU one).
 
         Returns:
             images: (n, S, S) uint8 with S = grid * 28.

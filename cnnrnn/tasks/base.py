@@ -26,6 +26,7 @@ from cnnrnn.run_dir import LEARNING_CURVE, RunDir
 class BatchSource(Protocol):
     def __len__(self) -> int: ...
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def to(self, device: torch.device) -> BatchSource: ...  # its data held on `device`
 
 
 @dataclass

@@ -13,6 +13,7 @@ between the CNN-RNN and binary relevance (criterion, decoding, calibration, opti
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,15 @@ class MosaicBatches:
     def __len__(self) -> int:
         return max(1, self.n_per_epoch // self.batch_size)
 
+    def to(self, device: torch.device) -> MosaicBatches:
+        """The same source with its item pool on `device`: mosaics are then built there, from
+        that device's random generator (on a GPU, other mosaics than on the CPU, as many and
+        as seeded)."""
+        return dataclasses.replace(self, generator=self.generator.to(device))
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(start, len(self)):
-            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, i))
+            g = torch.Generator(self.generator.device).manual_seed(mix_seed(self.seed, epoch, i))
             images, labels = self.generator.sample(self.batch_size, g)
             yield to_input(images), labels
 
