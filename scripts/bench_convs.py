@@ -1,0 +1,89 @@
+"""Where a bf16 vgg16 step's convolution time goes: each distinct 3x3 convolution of the recipe's
+vgg16 (width 0.5, 28x28 inputs, batch 128) timed alone in bf16, channels_last, as oneDNN's
+forward, input-gradient and weight-gradient kernels, and as the one-matmul weight gradient of
+cnnrnn.models.conv, beside a bf16 matmul measured in the same run (the practical peak).
+Median of the timed calls after 3 warm-up calls.
+
+usage: python scripts/bench_convs.py [--reps 30] [--threads 2] [--batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from cnnrnn.config import load_config
+from cnnrnn.models.conv import weight_grad
+from cnnrnn.precision import cpu_model
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def layers(width: float) -> list[tuple[int, int, int, int]]:
+    """(in channels, out channels, map side, how many) of vgg16's convolutions at `width`."""
+    from cnnrnn.models.vgg import CFG_D
+
+    out: dict[tuple[int, int, int], int] = {}
+    c_in, side = 1, 28
+    for v in CFG_D:
+        if v == "M":
+            side = -(-side // 2)  # ceil_mode pooling
+            continue
+        c_out = max(1, round(int(v) * width))
+        out[(c_in, c_out, side)] = out.get((c_in, c_out, side), 0) + 1
+        c_in = c_out
+    return [(*k, n) for k, n in out.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bf16, cl = torch.bfloat16, torch.channels_last
+    a = torch.randn(2048, 2048, dtype=bf16)
+    peak = 2 * 2048**3 / median_ms(lambda: a @ a, args.reps) / 1e6  # GFLOP/s
+    width = load_config("single-label", "vgg16").model_args.width
+    print(f"# {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"batch {args.batch}, vgg16 width {width}; bf16 matmul 2048^3: {peak:,.0f} GFLOP/s")
+    print("| convolution | n | forward | input gradient | weight gradient, oneDNN "
+          "| weight gradient, one matmul |")
+    print("|---|---:|---:|---:|---:|---:|")
+    cb = torch.ops.aten.convolution_backward
+    for c_in, c_out, side, n in layers(width):
+        x = torch.randn(args.batch, c_in, side, side, dtype=bf16).contiguous(memory_format=cl)
+        w = torch.randn(c_out, c_in, 3, 3, dtype=bf16).contiguous(memory_format=cl)
+        g = torch.randn(args.batch, c_out, side, side, dtype=bf16).contiguous(memory_format=cl)
+        flop = 2 * args.batch * side * side * c_in * 9 * c_out  # one of the three products
+
+        def backward(mask: list[bool]) -> object:
+            return cb(g, x, w, [c_out], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+
+        cells = []
+        for fn in (lambda: F.conv2d(x, w, padding=1), lambda: backward([True, False, False]),
+                   lambda: backward([False, True, True]),
+                   lambda: (weight_grad(x, g, 3, 1), g.sum((0, 2, 3)))):
+            ms = median_ms(fn, args.reps)
+            cells.append(f"{ms:.2f} ms, {flop / ms / 1e6 / peak:.0%}")
+        print(f"| {c_in}->{c_out} on {side}x{side} | {n} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
