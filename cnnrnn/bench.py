@@ -57,7 +57,8 @@ PRECISIONS = ("fp32", "bf16")
 MODELS: dict[str, tuple[str, str]] = {
     "rnn": ("single-label", "rnn"), "lstm": ("single-label", "lstm"),
     "gru": ("single-label", "gru"), "cnn": ("single-label", "cnn"),
-    "vgg16": ("single-label", "vgg16"), "cnn-rnn": ("multilabel", "cnn-rnn"),
+    "vgg16": ("single-label", "vgg16"), "timm": ("single-label", "timm"),
+    "cnn-rnn": ("multilabel", "cnn-rnn"), "bce": ("multilabel", "bce"),
 }
 
 

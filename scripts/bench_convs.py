@@ -49,6 +49,30 @@ def layers(width: float) -> list[tuple[int, int, int, int]]:
     return [(*k, n) for k, n in out.items()]
 
 
+def layer_cells(c_in: int, c_out: int, side: int, batch: int, reps: int, peak: float
+                ) -> list[str]:
+    """"ms, share of the peak" of a 3x3 convolution's forward, input gradient, oneDNN weight
+    gradient and one-matmul weight gradient, bf16 and channels_last."""
+    bf16, cl = torch.bfloat16, torch.channels_last
+    x = torch.randn(batch, c_in, side, side, dtype=bf16).contiguous(memory_format=cl)
+    w = torch.randn(c_out, c_in, 3, 3, dtype=bf16).contiguous(memory_format=cl)
+    g = torch.randn(batch, c_out, side, side, dtype=bf16).contiguous(memory_format=cl)
+    flop = 2 * batch * side * side * c_in * 9 * c_out  # each of the three products
+
+    def backward(mask: list[bool]) -> object:
+        return torch.ops.aten.convolution_backward(g, x, w, [c_out], [1, 1], [1, 1], [1, 1],
+                                                   False, [0, 0], 1, mask)
+
+    kernels = (lambda: F.conv2d(x, w, padding=1), lambda: backward([True, False, False]),
+               lambda: backward([False, True, True]),
+               lambda: (weight_grad(x, g, 3, 1), g.sum((0, 2, 3))))
+    cells = []
+    for fn in kernels:
+        ms = median_ms(fn, reps)
+        cells.append(f"{ms:.2f} ms, {flop / ms / 1e6 / peak:.0%}")
+    return cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=30)
@@ -57,8 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    bf16, cl = torch.bfloat16, torch.channels_last
-    a = torch.randn(2048, 2048, dtype=bf16)
+    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
     peak = 2 * 2048**3 / median_ms(lambda: a @ a, args.reps) / 1e6  # GFLOP/s
     width = load_config("single-label", "vgg16").model_args.width
     print(f"# {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -66,24 +89,9 @@ def main() -> None:
     print("| convolution | n | forward | input gradient | weight gradient, oneDNN "
           "| weight gradient, one matmul |")
     print("|---|---:|---:|---:|---:|---:|")
-    cb = torch.ops.aten.convolution_backward
     for c_in, c_out, side, n in layers(width):
-        x = torch.randn(args.batch, c_in, side, side, dtype=bf16).contiguous(memory_format=cl)
-        w = torch.randn(c_out, c_in, 3, 3, dtype=bf16).contiguous(memory_format=cl)
-        g = torch.randn(args.batch, c_out, side, side, dtype=bf16).contiguous(memory_format=cl)
-        flop = 2 * args.batch * side * side * c_in * 9 * c_out  # one of the three products
-
-        def backward(mask: list[bool]) -> object:
-            return cb(g, x, w, [c_out], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
-
-        cells = []
-        for fn in (lambda: F.conv2d(x, w, padding=1), lambda: backward([True, False, False]),
-                   lambda: backward([False, True, True]),
-                   lambda: (weight_grad(x, g, 3, 1), g.sum((0, 2, 3)))):
-            ms = median_ms(fn, args.reps)
-            cells.append(f"{ms:.2f} ms, {flop / ms / 1e6 / peak:.0%}")
+        cells = layer_cells(c_in, c_out, side, args.batch, args.reps, peak)
         print(f"| {c_in}->{c_out} on {side}x{side} | {n} | " + " | ".join(cells) + " |")
-
 
 if __name__ == "__main__":
     main()

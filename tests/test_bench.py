@@ -62,6 +62,16 @@ def test_tiny_bench_json_has_every_key_with_positive_finite_numbers(data_dir: Pa
     assert all(name in report for name in ("cnn", "gru", "plain/cnnrnn", "data share"))
 
 
+def test_tiny_bench_covers_the_timm_and_bce_models(data_dir: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--json", "--models", "timm,bce",
+                                      "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert list(out["models"]) == ["timm", "bce"] == list(out["pipelines"])
+    for row in out["models"].values():
+        assert row["gflop_per_step"] > 0 and row["bf16"]["ms_per_step"] > 0
+
+
 def test_flops_of_a_linear_layer_are_the_hand_count() -> None:
     layer = nn.Linear(64, 32, bias=False)
     x = torch.randn(16, 64)
@@ -83,7 +93,7 @@ def test_flops_of_an_lstm_count_its_onednn_layers() -> None:
 
 
 def test_unknown_model_names_the_known_ones() -> None:
-    assert parse_models(None)[-1] == "cnn-rnn"
+    assert parse_models(None)[-1] == "bce"
     assert parse_models("gru, cnn,gru") == ["gru", "cnn"]
     with pytest.raises(CnnrnnError, match="unknown model 'vgg' for --models; choose from rnn"):
         parse_models("cnn,vgg")
