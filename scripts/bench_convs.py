@@ -10,27 +10,14 @@ usage: python scripts/bench_convs.py [--reps 30] [--threads 2] [--batch 128]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from cnnrnn.bench import matmul_gflops, median_seconds
 from cnnrnn.config import load_config
 from cnnrnn.models.conv import weight_grad
 from cnnrnn.precision import cpu_model
-
-
-def median_ms(fn: Callable[[], object], reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def layers(width: float) -> list[tuple[int, int, int, int]]:
@@ -68,7 +55,7 @@ def layer_cells(c_in: int, c_out: int, side: int, batch: int, reps: int, peak: f
                lambda: (weight_grad(x, g, 3, 1), g.sum((0, 2, 3))))
     cells = []
     for fn in kernels:
-        ms = median_ms(fn, reps)
+        ms = 1000 * median_seconds(fn, reps, 3)
         cells.append(f"{ms:.2f} ms, {flop / ms / 1e6 / peak:.0%}")
     return cells
 
@@ -81,8 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    peak = 2 * 2048**3 / median_ms(lambda: a @ a, args.reps) / 1e6  # GFLOP/s
+    peak = matmul_gflops("bf16", 2048, args.reps, 3)
     width = load_config("single-label", "vgg16").model_args.width
     print(f"# {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"batch {args.batch}, vgg16 width {width}; bf16 matmul 2048^3: {peak:,.0f} GFLOP/s")
