@@ -44,8 +44,10 @@ RUNS: dict[str, list[str]] = {
                 "--beam-width", "2", "--set", "model.hidden_size=32",
                 "--set", "model.embed_dim=16",
                 # the recipe's decoder when the run was recorded (today's is attention)
-                "--set", "model.decoder=paper", "--set", "multilabel.label_smoothing=0"],
-    "bce": [*_ML, "--model", "bce", "--encoder-checkpoint", "{runs}/encoder"],
+                "--set", "model.decoder=paper", "--set", "multilabel.label_smoothing=0",
+                "--set", "multilabel.mix_independent=0"],
+    "bce": [*_ML, "--model", "bce", "--encoder-checkpoint", "{runs}/encoder",
+            "--set", "multilabel.mix_independent=0"],  # recorded on `outfits` mosaics alone
 }
 
 

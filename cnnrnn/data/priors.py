@@ -114,7 +114,8 @@ def mix_priors(a: Prior, b: Prior, share_b: float) -> Prior:
     if not all(math.isclose(x, y) for x, y in zip(a.item_counts, b.item_counts, strict=False)
                ) or len(a.item_counts) != len(b.item_counts):
         raise ConfigError(f"priors {a.name!r} and {b.name!r} draw different numbers of items "
-                          "per mosaic; only priors with the same item_counts mix")
+                          "per mosaic, so they cannot mix; give them the same item_counts or "
+                          "train on one alone (--set multilabel.mix_independent=0)")
     weights = ([(1 - share_b) * w for w in a.theme_weights]
                + [share_b * w for w in b.theme_weights])
     return Prior(f"{a.name}+{share_b:g} {b.name}", a.item_counts,
