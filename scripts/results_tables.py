@@ -73,7 +73,7 @@ def severity(out: Path) -> str:
 DECODER_KEYS = ("O-F1", "C-F1", "exact_match", "mAP")
 VARIANT_ORDER = ("cnn-rnn", "attention", "attention-smooth", "bce", "cnn-rnn-drop",
                  "attention-drop", "attention-set", "attention-mix", "attention-smooth-mix25",
-                 "attention-smooth-mix20", "attention-smooth-mix15")
+                 "attention-smooth-mix20", "attention-smooth-mix15", "bce-mix20")
 
 
 def decoders(out: Path) -> str:
