@@ -91,12 +91,14 @@ class InterruptAfter(Reporter):
 def test_ctrl_c_saves_and_resumes_exactly(data_dir, tmp_path, cut):
     over = {"model.dropout": 0.2, "model.num_layers": 2, "single_label.augment": True}
     train(tiny(epochs=2, **over), tmp_path / "straight", data_dir=data_dir)
+    # what the process had before: Python's default, or SIG_IGN under `nohup ... &`
+    before = signal.getsignal(signal.SIGINT)
     summary = train(tiny(epochs=2, **over), tmp_path / "cut", data_dir=data_dir,
                     reporter=InterruptAfter(cut))
     assert summary["stop"] == "interrupted"
     state = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert (state["epoch"], state["step"], state["step_in_epoch"]) == (1, cut, cut - 8)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     train(resume_config(tmp_path / "cut"), tmp_path / "cut", resume=True, data_dir=data_dir)
     assert losses(tmp_path / "straight") == losses(tmp_path / "cut")
     assert same_weights(tmp_path / "straight", tmp_path / "cut")
