@@ -281,9 +281,11 @@ def saliency_figure(rows: Sequence[Mapping[str, Any]], title: str, caption: str,
     import textwrap
 
     # Laid out by hand, in inches: square panels, a title line above each, the caption below.
-    panel, title_h, top_h = 1.8, 0.3, 0.6
+    panel, title_h = 1.8, 0.3
     width = panel * ncols + 0.1 * (ncols + 1)
     text = textwrap.fill(caption, int(width * 15))  # ~15 characters per inch at fontsize 7
+    title = textwrap.fill(title, int(width * 10))  # ~10 per inch at fontsize 10: long run names
+    top_h = 0.45 + 0.17 * (title.count("\n") + 1)
     bottom_h = 0.2 + 0.13 * (text.count("\n") + 1)
     height = (panel + title_h) * len(rows) + top_h + bottom_h
     fig, axes = plt.subplots(len(rows), ncols, figsize=(width, height), squeeze=False,
