@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 out=$1
 bin=${CNNRNN:-.venv/bin/cnnrnn}
 t=(--set "threads=${THREADS:-2}" --quiet)
-paper=(--set model.decoder=paper --set multilabel.label_smoothing=0)  # the decoder these ran with
+# the decoder these ran with, on `outfits` mosaics alone (the recipes' mix came later)
+paper=(--set model.decoder=paper --set multilabel.label_smoothing=0 --set multilabel.mix_independent=0)
 run() {  # dir args...: train unless done, resume if interrupted
   local dir=$1; shift
   if [ -f "$dir/val_metrics.json" ]; then return; fi
@@ -22,7 +23,7 @@ for s in 0 1 2; do
   run "$out/outfits/cnn-rnn-s$s" --task multilabel --seed "$s" --encoder-checkpoint "$out/enc" "${paper[@]}" "${t[@]}"
 done
 run "$out/independent/cnn-rnn-s0" --task multilabel --prior independent --encoder-checkpoint "$out/enc" "${paper[@]}" "${t[@]}"
-run "$out/outfits/bce-s0" --task multilabel --model bce --encoder-checkpoint "$out/enc" "${t[@]}"
+run "$out/outfits/bce-s0" --task multilabel --model bce --encoder-checkpoint "$out/enc" --set multilabel.mix_independent=0 "${t[@]}"
 mkdir -p "$out/costs"
 "$bin" analyze costs hierarchy --out "$out/costs/hierarchy.csv"
 for r in "$out"/outfits/cnn-rnn-s{0,1,2} "$out"/independent/cnn-rnn-s0; do
