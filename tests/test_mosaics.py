@@ -178,6 +178,7 @@ def test_mixed_priors_draw_each_prior_by_its_share(train_pool):
     assert 0.15 < float(met / met_ind) < 0.35
     assert mix_priors(outfits, independent, 0.0).label_frequencies().equal(
         outfits.label_frequencies())
+    assert mix_priors(independent, load_prior("independent"), 0.2) is independent
     one = prior_from_dict({"item_counts": [1], "classes": {CLASSES[0]: 1}}, name="one")
     with pytest.raises(ConfigError, match="different numbers of items"):
         mix_priors(outfits, one, 0.5)

@@ -108,9 +108,12 @@ class Prior:
 
 def mix_priors(a: Prior, b: Prior, share_b: float) -> Prior:
     """The prior that draws a mosaic's labels under `b` with probability `share_b`, else under
-    `a`: the themes of both, weighted. Both must draw the number of items alike."""
+    `a`: the themes of both, weighted. Both must draw the number of items alike. A prior
+    mixed with itself is that prior, its mosaics drawn as before."""
     if not 0.0 <= share_b <= 1.0:
         raise ConfigError(f"the share of prior {b.name!r} must be in [0, 1], got {share_b}")
+    if a == b:
+        return a
     if not all(math.isclose(x, y) for x, y in zip(a.item_counts, b.item_counts, strict=False)
                ) or len(a.item_counts) != len(b.item_counts):
         raise ConfigError(f"priors {a.name!r} and {b.name!r} draw different numbers of items "

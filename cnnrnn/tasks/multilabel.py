@@ -231,9 +231,9 @@ class Multilabel(Task):
     def prepare(self, cfg: TrainConfig, data: FashionMNIST) -> TaskData:
         ml = cfg.multilabel
         prior = load_prior(ml.prior)
-        train_prior, independent = prior, load_prior("independent")
-        if ml.mix_independent and prior != independent:  # mixed with itself it stays itself
-            train_prior = mix_priors(prior, independent, ml.mix_independent)
+        train_prior = prior
+        if ml.mix_independent:  # under `independent` itself this is `independent`
+            train_prior = mix_priors(prior, load_prior("independent"), ml.mix_independent)
         images, labels, _ = split_pool(data, "train", cfg.val_size)
         n_train = cfg.limit_train or ml.train_mosaics
         train = MosaicBatches(MosaicGenerator(images, labels, train_prior), n_train,
