@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from cnnrnn.bench import matmul_gflops, median_seconds
 from cnnrnn.config import load_config
 from cnnrnn.models.conv import weight_grad
+from cnnrnn.models.vgg import CFG_D
 from cnnrnn.precision import cpu_model
 
 
 def layers(width: float) -> list[tuple[int, int, int, int]]:
     """(in channels, out channels, map side, how many) of vgg16's convolutions at `width`."""
-    from cnnrnn.models.vgg import CFG_D
-
     out: dict[tuple[int, int, int], int] = {}
     c_in, side = 1, 28
     for v in CFG_D:

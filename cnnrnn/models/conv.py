@@ -10,7 +10,7 @@ layer's forward pass. There the weight gradient is cheap to write as one matmul 
 
 that is, g^T (O, B*H*W) @ cols (B*H*W, k*k*C), where `cols` stacks the k*k shifted copies of
 the padded input (NHWC, so each is a plain slice). On maps of at most `SMALL_MAP` positions the
-copies are small and the matmul runs at the bf16 rate: 2.5x faster on 4x4, 8x on 2x2 (the
+copies are small and the matmul runs at the bf16 rate: 2-2.5x faster on 4x4, 8x on 2x2 (the
 conv layer table in docs/results.md, `scripts/bench_convs.py`). On larger maps the copies cost
 more than oneDNN's kernel, so those layers keep it.
 
