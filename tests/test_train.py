@@ -215,3 +215,36 @@ def test_learning_rate_schedules_are_pure_functions_of_the_step():
     assert lr_at(55, 100, 10, cfg) == pytest.approx(0.5)  # cosine halfway after warm-up
     step_cfg = tiny(lr=1.0, schedule="step")
     assert [lr_at(s, 100, 10, step_cfg) for s in (49, 50, 75)] == pytest.approx([1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_optimizers_take_fused_steps_that_match_the_per_tensor_loop(kind):
+    """make_optimizer uses torch's fused kernel; its steps are those of torch's default loop
+    (SGD bit for bit, Adam(W) within the last bit of float32)."""
+    from cnnrnn.train import make_optimizer
+
+    cfg = tiny(optimizer=kind, lr=0.05, weight_decay=5e-4, momentum=0.9)
+    torch.manual_seed(0)
+    start = [torch.randn(40, 7), torch.randn(7)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(4)]
+    fused = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = make_optimizer(cfg, fused)
+    assert all(group["fused"] for group in opt.param_groups)
+    loop = [torch.nn.Parameter(p.clone()) for p in start]
+    kinds = {"sgd": lambda: torch.optim.SGD(loop, lr=0.05, momentum=0.9, nesterov=True,
+                                            weight_decay=5e-4, foreach=False),
+             "adam": lambda: torch.optim.Adam(loop, lr=0.05, weight_decay=5e-4, foreach=False),
+             "adamw": lambda: torch.optim.AdamW(loop, lr=0.05, weight_decay=5e-4,
+                                                foreach=False)}
+    reference = kinds[kind]()
+    for step in grads:
+        for o, params in ((opt, fused), (reference, loop)):
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            o.step()
+    for a, b, s in zip(fused, loop, start, strict=True):
+        assert not torch.equal(a, s)  # the steps moved the weights
+        if kind == "sgd":
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
