@@ -1,4 +1,5 @@
-"""The convolution whose bf16 weight gradient on small maps is one matmul (cnnrnn.models.conv)."""
+"""The convolution whose bf16 weight gradient on small maps is one matmul, and max-pooling before
+the ReLU (cnnrnn.models.conv)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnrnn.models.conv import SMALL_MAP, Conv2d, weight_grad
+from cnnrnn.models.conv import SMALL_MAP, Conv2d, pool_then_relu, weight_grad
 
 
 @pytest.mark.parametrize(("k", "h", "w"), [(3, 4, 4), (3, 2, 3), (5, 3, 3), (3, 1, 1)])
@@ -69,3 +70,29 @@ def test_no_grad_and_strided_convolutions_stay_nn_conv2d():
         assert type(conv(x).grad_fn).__name__ == "ConvolutionBackward0"
         with torch.no_grad():
             assert Conv2d(4, 4, 3, padding=1)(x).grad_fn is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_pooling_before_the_relu_gives_the_same_numbers_forward_and_backward(dtype, ceil_mode):
+    """pool(relu(z)) and relu(pool(z)) are equal bit for bit, and so are their gradients:
+    windows whose maximum is <= 0, ties and the ceil_mode edge included."""
+    torch.manual_seed(0)
+    z = torch.randn(4, 8, 7, 7).round().to(dtype)  # small integers: many ties, many zeros
+    z = z.contiguous(memory_format=torch.channels_last)
+    z[0, 0, :2, :2] = -1.0  # a window with nothing above 0
+    g = torch.randn(4, 8, 4, 4) if ceil_mode else torch.randn(4, 8, 3, 3)
+    g = g.to(dtype)
+    results = []
+    for layers in ([nn.ReLU(), nn.MaxPool2d(2, 2, ceil_mode=ceil_mode)],
+                   pool_then_relu(nn.MaxPool2d(2, 2, ceil_mode=ceil_mode), nn.ReLU())):
+        x = z.clone().requires_grad_()
+        y = nn.Sequential(*layers)(x)
+        y.backward(g)
+        results.append((y.detach(), x.grad))
+    (y_a, gx_a), (y_b, gx_b) = results
+    assert torch.equal(y_a, y_b)
+    assert torch.equal(gx_a, gx_b)
+    assert (gx_a != 0).any() and (gx_a == 0).any()  # some gradient is routed, some is stopped
+    with pytest.raises(ValueError, match="ReLU"):
+        pool_then_relu(nn.MaxPool2d(2), nn.Identity())

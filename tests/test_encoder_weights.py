@@ -62,10 +62,13 @@ def torchvision_input(images: torch.Tensor) -> torch.Tensor:
 
 
 def after_third_pooling(features: nn.Sequential) -> nn.Sequential:
-    """The layers up to the third max-pooling: 56 -> 28 -> 14 -> 7 in ceil and floor mode alike
-    (the package pools with ceil_mode, torchvision without, so later maps differ in size)."""
+    """The layers up to the third max-pooling and the ReLU next to it: 56 -> 28 -> 14 -> 7 in
+    ceil and floor mode alike (the package pools with ceil_mode, torchvision without, so later
+    maps differ in size). torchvision's ReLU comes before the pooling, the package's after it
+    (`pool_then_relu`: the same numbers)."""
     pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
-    return features[:pools[2] + 1]
+    relu_after = isinstance(features[pools[2] + 1], nn.ReLU)
+    return features[:pools[2] + 1 + relu_after]
 
 
 def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:

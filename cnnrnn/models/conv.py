@@ -1,4 +1,5 @@
-"""A 3x3 convolution whose bf16 weight gradient on small maps is one matmul.
+"""A 3x3 convolution whose bf16 weight gradient on small maps is one matmul, and max-pooling
+put before the ReLU it follows (`pool_then_relu`): the convolution blocks' faster pieces.
 
 Under bf16 autocast on a CPU, oneDNN's forward and input-gradient kernels for a 3x3
 convolution run near the machine's bf16 matmul rate, but its weight-gradient kernel does not
@@ -9,9 +10,10 @@ layer's forward pass. There the weight gradient is cheap to write as one matmul 
     dL/dW[o, c, i, j] = sum over (b, y, x) of g[b, o, y, x] * x_pad[b, c, y + i, x + j]
 
 that is, g^T (O, B*H*W) @ cols (B*H*W, k*k*C), where `cols` holds the k*k shifted copies of
-the padded input (NHWC, so each is a plain slice, and all of them one strided view). On maps of at most `SMALL_MAP` positions the
-copies are small and the matmul runs at the bf16 rate: 2-2.5x faster on 4x4, 8x on 2x2 (the
-conv layer table in docs/results.md, `scripts/bench_convs.py`). On larger maps the copies cost
+the padded input (NHWC, so each is a plain slice, and all of them one strided view). On maps of
+at most `SMALL_MAP` positions the copies are small and the matmul runs near the bf16 rate:
+2.6-2.9x faster than oneDNN on 4x4, 8x on 2x2 (the conv layer table in docs/results.md,
+`scripts/bench_convs.py`). On larger maps the copies cost
 more than oneDNN's kernel, so those layers keep it.
 
 `Conv2d` is an `nn.Conv2d` (same parameters, same state_dict, same forward values); only the
@@ -98,3 +100,18 @@ class Conv2d(nn.Conv2d):
         bias = None if self.bias is None else self.bias.to(bf16)
         return _MatmulWeightGrad.apply(x.to(bf16), self.weight.to(bf16), bias,
                                        self.padding[0])
+
+
+def pool_then_relu(pool: nn.MaxPool2d, relu: nn.Module) -> list[nn.Module]:
+    """[pool, relu] for the layers "relu, then pool": the same numbers, forward and backward.
+
+    Max-pooling commutes with the ReLU before it: max_i relu(a_i) = relu(max_i a_i), and both
+    orders send a window's gradient to its first maximum (or nowhere, when that maximum is
+    <= 0). Pooling first lets the ReLU read and write a quarter of the map, forward and
+    backward: 3.5 % of a bf16 vgg16 training step (docs/results.md). Neither layer has
+    parameters, so the state_dict keys (the convolutions' and batch norms' indices) stay
+    torchvision's.
+    """
+    if not isinstance(relu, nn.ReLU):
+        raise ValueError(f"expected the ReLU that ends a block, got {relu}")
+    return [pool, relu]

@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnrnn.data.fashion_mnist import MEAN, STD
 from cnnrnn.errors import CheckpointError, ConfigError
-from cnnrnn.models.conv import Conv2d
+from cnnrnn.models.conv import Conv2d, pool_then_relu
 from cnnrnn.models.encoder import EncoderClassifier, GridEncoder
 from cnnrnn.models.registry import register
 
@@ -97,7 +97,8 @@ class VGGEncoder(GridEncoder):
         c_in = 3 if input_kind == "imagenet" else 1
         for v in CFG_D:
             if v == "M":
-                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+                # Pool before the block's last ReLU rather than after it (`pool_then_relu`)
+                layers[-1:] = pool_then_relu(nn.MaxPool2d(2, 2, ceil_mode=True), layers[-1])
                 continue
             c_out = max(1, round(int(v) * width))
             layers.append(Conv2d(c_in, c_out, 3, padding=1))
