@@ -248,3 +248,19 @@ def test_optimizers_take_fused_steps_that_match_the_per_tensor_loop(kind):
             assert torch.equal(a, b)
         else:
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_an_optimizer_without_a_fused_kernel_for_the_device_takes_the_loop(monkeypatch):
+    from cnnrnn.train import make_optimizer
+
+    real_sgd = torch.optim.SGD
+
+    def sgd(params, **kwargs):  # as torch refuses fused=True on a device it has no kernel for
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point "
+                               "Tensors of supported devices")
+        return real_sgd(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", sgd)
+    opt = make_optimizer(tiny(optimizer="sgd"), [torch.nn.Parameter(torch.randn(3))])
+    assert isinstance(opt, real_sgd) and not opt.param_groups[0]["fused"]
