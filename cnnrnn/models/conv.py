@@ -12,7 +12,7 @@ layer's forward pass. There the weight gradient is cheap to write as one matmul 
 that is, g^T (O, B*H*W) @ cols (B*H*W, k*k*C), where `cols` holds the k*k shifted copies of
 the padded input (NHWC, so each is a plain slice, and all of them one strided view). On maps of
 at most `SMALL_MAP` positions the copies are small and the matmul runs near the bf16 rate:
-2.6-2.9x faster than oneDNN on 4x4, 8x on 2x2 (the conv layer table in docs/results.md,
+2.5-3.1x faster than oneDNN on 4x4, 8x on 2x2 (the conv layer table in docs/results.md,
 `scripts/bench_convs.py`). On larger maps the copies cost
 more than oneDNN's kernel, so those layers keep it.
 
