@@ -17,22 +17,26 @@ import torch.nn.functional as F
 from cnnrnn.bench import matmul_gflops, median_seconds
 from cnnrnn.config import load_config
 from cnnrnn.models.conv import weight_grad
-from cnnrnn.models.vgg import CFG_D
+from cnnrnn.models.vgg import VGGEncoder
 from cnnrnn.precision import cpu_model
 
 
 def layers(width: float) -> list[tuple[int, int, int, int]]:
-    """(in channels, out channels, map side, how many) of vgg16's convolutions at `width`."""
-    out: dict[tuple[int, int, int], int] = {}
-    c_in, side = 1, 28
-    for v in CFG_D:
-        if v == "M":
-            side = -(-side // 2)  # ceil_mode pooling
-            continue
-        c_out = max(1, round(int(v) * width))
-        out[(c_in, c_out, side)] = out.get((c_in, c_out, side), 0) + 1
-        c_in = c_out
-    return [(*k, n) for k, n in out.items()]
+    """(in channels, out channels, map side, how many) of vgg16's convolutions at `width`, read
+    off the encoder itself on a 28x28 input."""
+    seen: dict[tuple[int, int, int], int] = {}
+
+    def note(conv: torch.nn.Conv2d, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
+        key = (conv.in_channels, conv.out_channels, inputs[0].shape[-1])
+        seen[key] = seen.get(key, 0) + 1
+
+    encoder = VGGEncoder(width)
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(note)
+    with torch.no_grad():
+        encoder.eval().forward_features(torch.zeros(1, 1, 28, 28))
+    return [(*k, n) for k, n in seen.items()]
 
 
 def layer_cells(c_in: int, c_out: int, side: int, batch: int, reps: int, peak: float
