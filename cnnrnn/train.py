@@ -299,8 +299,9 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
         (diverged,) = world.agree(not torch.isfinite(loss))  # every rank stops at this step
         if diverged:
             raise TrainingDiverged(
-                f"loss became {loss.item()} at epoch {epoch + 1}, step {st.step + 1}; the last "
-                f"good checkpoint {s.run / LAST} is kept; lower --lr or set grad_clip")
+                f"loss became {_bad_losses(world, loss.item())} at epoch {epoch + 1}, step "
+                f"{st.step + 1}; the last good checkpoint {s.run / LAST} is kept; lower --lr "
+                f"or set grad_clip")
         s.opt.zero_grad(set_to_none=True)
         if s.scaler is not None:  # fp16: scale the loss so small gradients survive
             s.scaler.scale(loss).backward()
@@ -336,6 +337,14 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
             _save_mid_epoch(s, st, sums)  # a kill loses at most checkpoint_minutes of work
             last_save = now
     return sums
+
+
+def _bad_losses(world: World, loss: float) -> str:
+    """The non-finite losses of this step, the same words on every rank: "nan", or with several
+    ranks "nan on rank 1" (a rank whose own loss is finite names the one that is not)."""
+    losses = world.gather(loss)
+    return ", ".join(f"{v} on rank {r}" if world.distributed else str(v)
+                     for r, v in enumerate(losses) if not math.isfinite(v))
 
 
 def _save_mid_epoch(s: Session, st: RunState, sums: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """`cnnrnn train` under torchrun: 2 processes on the CPU (gloo) against one process with the same
-global batch, shards that do not overlap, only rank 0 writing, a stop on every rank, resume,
-and an encoder pretrained once for all ranks.
+global batch, shards that do not overlap, only rank 0 writing, a stop on every rank (a signal to
+all of them, a NaN loss on one of them: tests/rank_fault.py), resume, and an encoder
+pretrained once for all ranks.
 
 Tolerances: with the same global batch, a 2-process step averages two half-batch gradients
 where one process takes the mean of the whole batch. For a per-sample loss (cross-entropy, BCE)
@@ -46,11 +47,15 @@ def env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "CNNRNN_DATA": str(data_dir), "OMP_NUM_THREADS": "1", **extra}
 
 
-def torchrun(args: list[str], data_dir: Path, nproc: int = 2, **kw) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], data_dir: Path, nproc: int = 2, fault: str = "",
+             **kw) -> subprocess.CompletedProcess:
+    """`cnnrnn train ARGS` on `nproc` ranks; with `fault`, one rank's fault (rank_fault.py)."""
+    main = ["tests/rank_fault.py"] if fault else ["-m", "cnnrnn"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "cnnrnn", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(data_dir), timeout=300,
-                          **kw)
+           f"--nproc_per_node={nproc}", *main, "train", *args]
+    extra = {"CNNRNN_TEST_FAULT": fault} if fault else {}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(data_dir, **extra),
+                          timeout=300, cwd=REPO, **kw)
 
 
 def single(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
@@ -127,6 +132,22 @@ def test_sigterm_stops_every_rank_and_resume_works_under_torchrun(tmp_path, data
     more = torchrun(["--resume", str(out), "--epochs", str(done + 1), "--quiet"], data_dir)
     assert more.returncode == 0, more.stderr[-3000:]
     assert [r["epoch"] for r in history(out)][-1] == done + 1
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path, data_dir):
+    # 512 training images in global batches of 64: 8 steps an epoch, so step 10 is in epoch 2.
+    # A rank that went on would wait at its next all-reduce until the subprocess timed out.
+    out = tmp_path / "run"
+    proc = torchrun([*SINGLE, "--epochs", "3", "--out", str(out)], data_dir, fault="nan:1:10")
+    assert proc.returncode != 0
+    # every rank names the rank whose loss it was, not its own finite loss
+    line = ("error: loss became nan on rank 1 at epoch 2, step 10; the last good checkpoint "
+            f"{out / 'last.pt'} is kept")
+    assert proc.stderr.count(line) == 2, proc.stderr[-3000:]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 8)
+    assert [r["epoch"] for r in history(out)] == [1]
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
 def test_encoder_pretraining_happens_once_for_all_ranks(tmp_path, data_dir):
