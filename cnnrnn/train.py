@@ -283,7 +283,7 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
     model.train()
     sums: dict[str, Any] = {"loss_sum": 0.0, "correct": 0, "seen": 0, "step_times": [],
                             "counted": False}
-    if st.partial:  # resuming in the middle of this epoch: its running sums
+    if st.partial and world.is_main:  # resuming inside this epoch: every rank's sums so far
         sums.update({k: st.partial[k] for k in ("loss_sum", "correct", "seen")})
         sums["step_times"] = list(st.partial["step_times"])
     reporter.epoch_start(epoch, s.steps_per_epoch, st.step_in_epoch)
@@ -356,7 +356,11 @@ def _save_mid_epoch(s: Session, st: RunState, sums: dict[str, Any]) -> None:
         cpu, cuda = zip(*s.world.gather((cpu, cuda)), strict=True)
         cpu, cuda = list(cpu), (list(cuda) if cuda[0] is not None else None)
     st.rng, st.cuda_rng = cpu, cuda
-    st.partial = {k: sums[k] for k in ("loss_sum", "correct", "seen", "step_times")}
+    # the running sums of every rank, added up: on resume rank 0 carries them and the others
+    # start from zero, so the epoch's end adds each sample once (rank 0's step times only)
+    loss_sum, correct, seen = s.world.sum(sums["loss_sum"], sums["correct"], sums["seen"])
+    st.partial = {"loss_sum": loss_sum, "correct": int(correct), "seen": int(seen),
+                  "step_times": sums["step_times"]}
     s.save(lambda: s.checkpoint(st), "last")
 
 

@@ -1,6 +1,6 @@
 """`cnnrnn train` under torchrun: 2 processes on the CPU (gloo) against one process with the same
 global batch, shards that do not overlap, only rank 0 writing, a stop on every rank (a signal to
-all of them, a NaN loss on one of them: tests/rank_fault.py), resume, and an encoder
+all of them, a Ctrl-C or a NaN loss on one of them: tests/rank_fault.py), resume, and an encoder
 pretrained once for all ranks.
 
 Tolerances: with the same global batch, a 2-process step averages two half-batch gradients
@@ -148,6 +148,28 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path, data_dir
     assert (state["epoch"], state["step"]) == (1, 8)
     assert [r["epoch"] for r in history(out)] == [1]
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_and_resumes_to_the_straight_run(tmp_path, data_dir):
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    done = torchrun([*SINGLE, "--out", str(straight)], data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loud = [a for a in SINGLE if a != "--quiet"]  # rank 0 says why it stopped
+    proc = torchrun([*loud, "--out", str(cut)], data_dir, fault="signal:1:10")
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    assert "interrupted by a signal to another rank: checkpoint saved" in said, said[-3000:]
+    state = torch.load(cut / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["step_in_epoch"]) == (1, 10, 2)
+    more = torchrun(["--resume", str(cut), "--quiet"], data_dir)
+    assert more.returncode == 0, more.stderr[-3000:]
+    # the same numbers, train metrics of the resumed epoch included (every rank's samples
+    # counted once), all but the times
+    def untimed(run: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("ms_per_step", "train_seconds")}
+                for r in history(run)]
+
+    assert untimed(cut) == untimed(straight)
 
 
 def test_encoder_pretraining_happens_once_for_all_ranks(tmp_path, data_dir):
