@@ -107,6 +107,14 @@ def test_encoder_from_a_fine_tuned_multilabel_run(encoder_run, data_dir, tmp_pat
     assert enc_keys and all(torch.equal(ml[k], tuned[k]) for k in enc_keys)
     single = load_checkpoint(encoder_run / "best.pt")["model"]
     assert not torch.equal(ml["encoder.features.0.weight"], single["encoder.features.0.weight"])
+    # or fine-tuned further: the multilabel run's encoder comes back trainable (it came back
+    # frozen, as its heads' default, whatever finetune_encoder said)
+    ft = tmp_path / "rnn-ft"
+    train(ml_config("cnn-rnn", bce, **{"multilabel.finetune_encoder": True, "epochs": 1}),
+          ft, data_dir=data_dir)
+    further = load_checkpoint(ft / "best.pt")["model"]
+    assert not torch.equal(further["encoder.features.0.weight"],
+                           tuned["encoder.features.0.weight"])
 
 
 def test_bce_threshold_is_chosen_on_validation_and_saved(encoder_run, data_dir, tmp_path):

@@ -162,7 +162,9 @@ def encoder_from_run(run: str | Path, cfg: TrainConfig) -> GridEncoder:
         raise CheckpointError(f"{run} has a {arch.describe()}; set {fix}")
     model = get_entry(src.model, src.task).build(src.model_args, len(CLASSES))
     load_model_state(model, state, RunDir(run).checkpoint_path("best"))
-    return model.encoder
+    # a multilabel run's model is rebuilt with its heads' default, a frozen encoder; whether
+    # the new model trains this encoder is its own `finetune_encoder`'s to say
+    return model.encoder.requires_grad_(True)
 
 
 def _encoder(cfg: TrainConfig) -> GridEncoder:
