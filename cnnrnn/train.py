@@ -237,7 +237,13 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     st = RunState()
     if state is not None:
         load_model_state(model, state, run / LAST)
-        opt.load_state_dict(state["optimizer"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except ValueError as e:  # another set of trainable parameters than this model's
+            raise CheckpointError(
+                f"{run / LAST}: its optimizer state does not fit the model's trainable "
+                f"parameters ({e}); was it saved by another version of cnnrnn? Resume it with "
+                "that version, or start again with --overwrite") from None
         st = RunState.from_checkpoint(state)
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])

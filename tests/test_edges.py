@@ -185,6 +185,18 @@ def test_resume_with_fewer_epochs_than_done(run, tmp_path, data_dir, user_error)
                "--epochs", "1")
 
 
+def test_an_optimizer_state_that_does_not_fit_the_model_is_one_line(run, tmp_path,
+                                                                     user_error):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    state = torch.load(copy / "last.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    group["params"] = group["params"][:2]  # as if fewer parameters had been trainable
+    torch.save(state, copy / "last.pt")
+    user_error("its optimizer state does not fit the model's trainable parameters", "train",
+               "--resume", copy, "--epochs", "2")
+
+
 def test_bad_paths_and_devices_are_one_line(run, tmp_path, data_dir, user_error):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
