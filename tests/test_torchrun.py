@@ -1,5 +1,6 @@
 """`cnnrnn train` under torchrun: 2 processes on the CPU (gloo) against one process with the same
-global batch, shards that do not overlap, only rank 0 writing, a stop on every rank (a signal to
+global batch, two "nodes" with a rendezvous endpoint, shards that do not overlap, only rank 0
+writing, a stop on every rank (a signal to
 all of them, a Ctrl-C or a NaN loss on one of them: tests/rank_fault.py), resume, and an encoder
 pretrained once for all ranks.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +91,30 @@ def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path, data
     sessions = json.loads((two / "environment.json").read_text())
     assert len(sessions) == 1 and len(history(two)) == 2
     assert {p.name for p in two.iterdir()} == {p.name for p in one.iterdir()}
+
+
+def test_two_nodes_with_a_rendezvous_endpoint_train_as_one_two_process_run(tmp_path,
+                                                                           data_dir):
+    # multi-node torchrun, played on one machine: two launchers of one process each meet at a
+    # c10d rendezvous endpoint; global ranks and local ranks (0 on both) then differ
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = tmp_path / "nodes"
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+         f"--node_rank={node}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+         "--rdzv-id=cnnrnn-test", "-m", "cnnrnn", "train", *SINGLE, "--out", str(nodes)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(data_dir))
+        for node in (0, 1)]
+    for launcher in launchers:
+        _, err = launcher.communicate(timeout=300)
+        assert launcher.returncode == 0, err[-3000:]
+    standalone = tmp_path / "standalone"
+    done = torchrun([*SINGLE, "--out", str(standalone)], data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_losses(nodes, standalone, rel=1e-6)
+    assert (nodes / "best.pt").is_file()
 
 
 def test_the_shards_of_a_batch_do_not_overlap():
