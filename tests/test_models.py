@@ -1,12 +1,15 @@
-"""Every single-label model: shapes, finite outputs, gradients; the registry; VGG import."""
+"""Every single-label model: shapes, finite outputs, gradients; the registry; VGG import; every
+shipped recipe builds its model, and the GPU recipes are the CPU ones scaled."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
-from cnnrnn.config import load_config
+from cnnrnn.config import load_config, read_toml
 from cnnrnn.data.fashion_mnist import MEAN, STD
 from cnnrnn.errors import CheckpointError, ConfigError
 from cnnrnn.models import build_model, count_parameters, model_names
@@ -18,6 +21,7 @@ from cnnrnn.models.vgg import (
     VGGEncoder,
     load_torchvision_vgg16,
 )
+from cnnrnn.tasks import get_task
 
 SINGLE = model_names("single-label")
 
@@ -174,3 +178,43 @@ def test_per_cell_encoding_equals_encoding_each_item_alone():
     alone = enc.forward_features(items)  # (4, C)
     enc.use_pooling("max", 2, per_cell=True)
     torch.testing.assert_close(enc.forward_features(mosaic), alone.reshape(1, -1))
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "cnnrnn" / "configs"
+TRAINING_CONFIGS = sorted(p for p in CONFIGS.rglob("*.toml") if p.parent.name != "mosaics")
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_recipe_builds_a_model_that_predicts(path):
+    # the GPU recipes included: a typo there would otherwise surface only on a GPU machine
+    cfg = load_config(read_toml(path)["task"], config_file=path, overrides={"device": "cpu"})
+    task = get_task(cfg.task)
+    model = task.build(cfg, None).eval()  # a bare model: no encoder run, no weights fetched
+    side = 28 * (cfg.model_args.image_grid if cfg.task == "multilabel" else 1)
+    with torch.no_grad():
+        out = task.predict(model, torch.zeros(2, 1, side, side), cfg)
+    assert all(len(v) == 2 for v in out.values())
+
+
+# What a GPU recipe may change of the CPU recipe it scales: the batch and with it the learning
+# rate (the linear scaling rule), the device, and the network's width.
+GPU_RECIPES = {"vgg16.toml": ("single-label", "vgg16"), "cnn-rnn.toml": ("multilabel", "cnn-rnn")}
+SCALED = {"batch_size", "eval_batch_size", "lr", "device", "model.width", "model.encoder_width"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(GPU_RECIPES))
+def test_gpu_recipes_are_the_cpu_recipes_scaled(name):
+    task, model = GPU_RECIPES[name]
+    cpu = _flat(load_config(task, model).to_dict())
+    gpu = _flat(load_config(task, config_file=CONFIGS / "gpu" / name).to_dict())
+    changed = {k for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)}
+    assert changed <= SCALED, sorted(changed - SCALED)
+    assert gpu["lr"] / cpu["lr"] == pytest.approx(gpu["batch_size"] / cpu["batch_size"])
+    assert gpu.get("model.width", gpu.get("model.encoder_width")) == 1.0  # full width
