@@ -1,5 +1,10 @@
-"""GPU-only paths: two training steps in bf16 and fp16 (with its gradient scaler), and a resumed
-run equal to a straight one. Marked `gpu`; skipped without a CUDA device."""
+"""GPU paths: two training steps in bf16 and fp16 (with its gradient scaler), a resumed run equal
+to a straight one, batches and mosaics built in the device's memory, a multilabel run on it.
+
+Each test runs on "cuda", marked `gpu` and skipped without a CUDA device, and on "cpu" (fp16
+aside: it is for GPUs), so the tests themselves run on every machine and cannot rot unseen
+between the rare sessions that have a GPU (one of them did: it needed a pretrained encoder).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,15 @@ import torch
 
 from cnnrnn.checkpoint import load_checkpoint
 from cnnrnn.config import load_config
+from cnnrnn.encoders import prepare
 from cnnrnn.run_dir import RunDir
 from cnnrnn.train import train
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-TINY = {"limit_train": 256, "batch_size": 128, "val_size": 500, "epochs": 1, "device": "cuda",
+CUDA = pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])
+DEVICES = ["cpu", CUDA]
+OLD_BCE = Path(__file__).resolve().parent / "fixtures" / "old_runs" / "bce"
+TINY = {"limit_train": 256, "batch_size": 128, "val_size": 500, "epochs": 1,
         "model.width": 0.125}
 
 
@@ -24,9 +32,12 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_two_steps_train_on_the_gpu(precision, tmp_path, data_dir):
-    cfg = load_config("single-label", "vgg16", overrides={**TINY, "precision": precision})
+@pytest.mark.parametrize(("device", "precision"), [
+    ("cpu", "bf16"), pytest.param("cuda", "bf16", marks=CUDA.marks),
+    pytest.param("cuda", "fp16", marks=CUDA.marks)])
+def test_two_steps_train(device, precision, tmp_path, data_dir):
+    cfg = load_config("single-label", "vgg16",
+                      overrides={**TINY, "device": device, "precision": precision})
     summary = train(cfg, tmp_path / precision, data_dir=data_dir)
     assert summary["steps"] == 2 and summary["stop"] == "finished"
     state = load_checkpoint(tmp_path / precision / "last.pt")
@@ -34,8 +45,9 @@ def test_two_steps_train_on_the_gpu(precision, tmp_path, data_dir):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_resume_equals_straight_on_the_gpu(tmp_path, data_dir):
-    over = {**TINY, "precision": "bf16", "schedule": "constant", "epochs": 2}
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_equals_straight(device, tmp_path, data_dir):
+    over = {**TINY, "device": device, "precision": "bf16", "schedule": "constant", "epochs": 2}
     train(load_config("single-label", "vgg16", overrides=over), tmp_path / "s",
           data_dir=data_dir)
     train(load_config("single-label", "vgg16", overrides={**over, "epochs": 1}), tmp_path / "r",
@@ -48,9 +60,10 @@ def test_resume_equals_straight_on_the_gpu(tmp_path, data_dir):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-3)
 
 
-def test_batches_are_built_in_gpu_memory(fmnist):
-    """Single-label batches gathered and augmented on the GPU hold the CPU's pixels; mosaics
-    built on the GPU are mosaics (their labels are the classes in their cells) and repeat."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_are_built_in_the_device_memory(device, fmnist):
+    """Single-label batches gathered and augmented on the device hold the CPU's pixels; mosaics
+    built on the device are mosaics (their labels are the classes in their cells) and repeat."""
     from cnnrnn.data.loader import IndexedBatches
     from cnnrnn.data.mosaics import MosaicGenerator, split_pool
     from cnnrnn.data.priors import load_prior
@@ -58,29 +71,32 @@ def test_batches_are_built_in_gpu_memory(fmnist):
 
     host = IndexedBatches(fmnist.train_images[:512], fmnist.train_labels[:512], 128, seed=3,
                           augment=True, erase=0.5)
-    gpu = host.to(torch.device("cuda"))
-    for (x, y), (xg, yg) in zip(host.epoch(1), gpu.epoch(1), strict=True):
-        assert xg.is_cuda and yg.is_cuda
-        assert torch.equal(yg.cpu(), y)
-        torch.testing.assert_close(xg.cpu(), x)  # the same pixels, normalised on either device
+    moved = host.to(torch.device(device))
+    for (x, y), (xd, yd) in zip(host.epoch(1), moved.epoch(1), strict=True):
+        assert xd.device.type == yd.device.type == device
+        assert torch.equal(yd.cpu(), y)
+        torch.testing.assert_close(xd.cpu(), x)  # the same pixels, normalised on either device
 
     images, labels, _ = split_pool(fmnist, "train", 5000)
-    gen = MosaicGenerator(images, labels, load_prior("outfits")).to("cuda")
-    g = torch.Generator("cuda").manual_seed(0)
+    gen = MosaicGenerator(images, labels, load_prior("outfits")).to(device)
+    g = torch.Generator(device).manual_seed(0)
     mosaics, sets, items = gen.sample(256, g, return_items=True)
-    assert mosaics.is_cuda and sets.is_cuda
-    cells = torch.where(items >= 0, labels.cuda()[items.clamp(min=0)], 10)
+    assert mosaics.device.type == sets.device.type == device
+    cells = torch.where(items >= 0, labels.to(device)[items.clamp(min=0)], 10)
     present = torch.nn.functional.one_hot(cells, 11)[..., :10].amax(1)
     assert torch.equal(present.to(torch.uint8), sets)
     source = MosaicBatches(MosaicGenerator(images, labels, load_prior("outfits")), 256, 128, 0)
-    a, b = list(source.to(torch.device("cuda")).epoch(0)), list(source.to("cuda").epoch(0))
-    assert a[0][0].is_cuda and all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
+    a, b = list(source.to(torch.device(device)).epoch(0)), list(source.to(device).epoch(0))
+    assert a[0][0].device.type == device
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
 
 
-def test_multilabel_trains_with_mosaics_on_the_gpu(tmp_path, data_dir):
+@pytest.mark.parametrize("device", DEVICES)
+def test_multilabel_trains_with_mosaics(device, tmp_path, data_dir):
     over = {"limit_train": 256, "batch_size": 128, "val_size": 500, "epochs": 1,
-            "device": "cuda", "precision": "bf16", "model.encoder_width": 0.125,
+            "device": device, "precision": "bf16", "multilabel.encoder_checkpoint": str(OLD_BCE),
             "multilabel.val_mosaics": 200, "multilabel.test_mosaics": 200}
-    cfg = load_config("multilabel", "bce", overrides=over)
+    # a multilabel model starts from a pretrained encoder: here a fixture run's (width 0.0625)
+    cfg = prepare(load_config("multilabel", "bce", overrides=over), explicit=over)
     summary = train(cfg, tmp_path / "bce", data_dir=data_dir)
     assert summary["steps"] == 2 and summary["stop"] == "finished"
