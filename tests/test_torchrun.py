@@ -117,6 +117,17 @@ def test_two_nodes_with_a_rendezvous_endpoint_train_as_one_two_process_run(tmp_p
     assert (nodes / "best.pt").is_file()
 
 
+def test_train_gpu_sh_runs_any_training_command_on_n_processes(tmp_path, data_dir):
+    # on a CPU the same script runs torchrun with gloo; paths are read from the caller's folder
+    script = REPO / "scripts" / "train_gpu.sh"
+    proc = subprocess.run(["bash", str(script), "2", "cnnrnn", "train", *SINGLE, "--out", "gsh"],
+                          capture_output=True, text=True, env=env(data_dir, PYTHON=sys.executable),
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(history(tmp_path / "gsh")) == 2
+    assert len(json.loads((tmp_path / "gsh" / "environment.json").read_text())) == 1
+
+
 def test_the_shards_of_a_batch_do_not_overlap():
     class Batches:
         def __len__(self) -> int:
