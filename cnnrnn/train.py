@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import signal
 import statistics
 import time
@@ -37,7 +39,7 @@ from cnnrnn.config import TrainConfig
 from cnnrnn.data.fashion_mnist import load_fashion_mnist
 from cnnrnn.data.loader import mix_seed
 from cnnrnn.distributed import World
-from cnnrnn.errors import CheckpointError, CnnrnnError
+from cnnrnn.errors import CheckpointError, CnnrnnError, ConfigError
 from cnnrnn.models.registry import count_parameters
 from cnnrnn.precision import auto_threads, autocast, resolve_device
 from cnnrnn.progress import Reporter
@@ -130,6 +132,12 @@ class Session:
     scaler: torch.amp.GradScaler | None = None  # fp16 only
 
     @property
+    def step_model(self) -> nn.Module:
+        """What a training step calls. Not `train_model or model`: a compiled module refuses
+        bool() (it has a __len__ that raises)."""
+        return self.model if self.train_model is None else self.train_model
+
+    @property
     def steps_per_epoch(self) -> int:
         return len(self.data.train)
 
@@ -212,6 +220,8 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     if cfg.threads:
         torch.set_num_threads(auto_threads() if cfg.threads == -1 else cfg.threads)
     device = world.device(resolve_device(cfg.device))
+    if cfg.compile and device.type == "cpu":
+        _check_cpp_compiler()
     task = get_task(cfg.task)
     state = run.check_resumable(cfg) if resume else None
     if world.is_main:
@@ -265,6 +275,15 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     return session, st
 
 
+def _check_cpp_compiler() -> None:
+    """torch.compile on a CPU builds its kernels with a C++ compiler (inductor): without one it
+    would fail inside the first step with a long traceback."""
+    names = (os.environ.get("CXX"), "g++", "c++", "clang++")
+    if not any(shutil.which(n) for n in names if n):
+        raise ConfigError("compile = true on a CPU needs a C++ compiler (torch.compile builds "
+                          "its kernels with one): install g++, or set compile=false")
+
+
 def _restore_rng(s: Session, st: RunState) -> None:
     """The global RNG (dropout) at the start of an epoch, or where a saved one stopped."""
     rank = s.world.rank
@@ -284,7 +303,7 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
                     ) -> dict[str, Any] | None:
     """Train epoch `st.epoch` from step `st.step_in_epoch`; the epoch's running sums, or None
     if Ctrl-C stopped it in the middle (last.pt then holds the exact position)."""
-    cfg, model, epoch, world = s.cfg, s.train_model or s.model, st.epoch, s.world
+    cfg, model, epoch, world = s.cfg, s.step_model, st.epoch, s.world
     _restore_rng(s, st)
     model.train()
     sums: dict[str, Any] = {"loss_sum": 0.0, "correct": 0, "seen": 0, "step_times": [],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 from pathlib import Path
 
@@ -75,6 +76,34 @@ def test_bf16_training_reaches_the_accuracy_of_fp32(model, data_dir, tmp_path):
         accuracy[precision] = summary["history"][-1]["val_accuracy"]
     assert accuracy["fp32"] > 0.7, accuracy  # it learned (chance is 0.1)
     assert accuracy["bf16"] >= accuracy["fp32"] - 0.03, accuracy
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_training_matches_eager_saves_plain_weights_and_resumes(data_dir, tmp_path):
+    def cnn(**more: object) -> object:
+        return load_config("single-label", "cnn", overrides={
+            **{k: v for k, v in TINY.items() if k != "model.hidden_size"}, "epochs": 1,
+            "model.channels": 4, "model.hidden": 16, "precision": "fp32", "threads": 1,
+            "schedule": "constant",
+            "model.dropout": 0.0,  # inductor draws its own dropout masks, not eager's
+            **more})
+
+    train(cnn(), tmp_path / "eager", data_dir=data_dir)
+    train(cnn(compile=True), tmp_path / "compiled", data_dir=data_dir)
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
+    eager = load_checkpoint(tmp_path / "eager" / "last.pt")["model"]
+    compiled = load_checkpoint(tmp_path / "compiled" / "last.pt")["model"]
+    assert compiled.keys() == eager.keys()  # the bare model's names, no "_orig_mod." prefix
+    train(resume_config(tmp_path / "compiled", epochs=2), tmp_path / "compiled", resume=True,
+          data_dir=data_dir)
+    assert load_checkpoint(tmp_path / "compiled" / "last.pt")["epoch"] == 2
+
+
+def test_compile_without_a_cpp_compiler_is_a_config_error(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("cnnrnn.train.shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="compile = true on a CPU needs a C.. compiler"):
+        train(tiny(epochs=1, compile=True), tmp_path / "run", data_dir=data_dir)
+    assert not (tmp_path / "run" / "config.toml").exists()  # refused before the run started
 
 
 def test_seeded_runs_repeat_exactly(data_dir, tmp_path):
