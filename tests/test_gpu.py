@@ -4,11 +4,15 @@ to a straight one, batches and mosaics built in the device's memory, a multilabe
 Each test runs on "cuda", marked `gpu` and skipped without a CUDA device, and on "cpu" (fp16
 aside: it is for GPUs), so the tests themselves run on every machine and cannot rot unseen
 between the rare sessions that have a GPU (one of them did: it needed a pretrained encoder).
+The last test runs scripts/gpu_check.sh, what such a session runs, in its tiny CPU form.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +104,21 @@ def test_multilabel_trains_with_mosaics(device, tmp_path, data_dir):
     cfg = prepare(load_config("multilabel", "bce", overrides=over), explicit=over)
     summary = train(cfg, tmp_path / "bce", data_dir=data_dir)
     assert summary["steps"] == 2 and summary["stop"] == "finished"
+
+
+def test_the_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path, data_dir):
+    # scripts/gpu_check.sh is what a session with a GPU runs; here its tiny CPU form, so the
+    # script cannot rot unseen either
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CNNRNN_DATA": str(data_dir), "GPU_CHECK_DEVICE": "cpu",
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(repo / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    assert log.count(": exit 0 after") == 4 and "== 0 step(s) failed" in log
+    rows = [json.loads(x) for x in (tmp_path / "out" / "vgg16-metrics.jsonl").read_text()
+            .splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "accuracy" in json.loads((tmp_path / "out" / "vgg16-evaluate.json").read_text())
+    assert (tmp_path / "out" / "cnn-rnn-metrics.jsonl").is_file()
