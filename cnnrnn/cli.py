@@ -6,6 +6,7 @@ User mistakes (CnnrnnError) print one line, `error: ...`, and exit with status 2
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -654,7 +655,8 @@ def main() -> None:
     try:
         app()  # standalone: click reports usage errors itself and exits with status 2
     except CnnrnnError as e:
-        typer.echo(f"error: {e}", err=True)
+        if not (e.every_rank and os.environ.get("RANK", "0") != "0"):  # once, not per rank
+            typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""

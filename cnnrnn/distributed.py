@@ -118,7 +118,7 @@ class World:
             error = str(e)
         errors = [e for e in self.gather(error) if e]
         if errors:
-            raise CnnrnnError(error or errors[0])
+            raise CnnrnnError.on_every_rank(error or errors[0])
         return result  # type: ignore[return-value]
 
     def on_main(self, fn: Callable[[], T]) -> T:
@@ -134,7 +134,7 @@ class World:
                 outcome = ("error", str(e))
         kind, value = self.broadcast(outcome)
         if kind == "error":
-            raise CnnrnnError(value)
+            raise CnnrnnError.on_every_rank(value)
         return value
 
     def shard(self, batches: Any) -> Any:
@@ -168,9 +168,9 @@ class ShardedBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.source.epoch(epoch, start):
             if len(x) % self.world_size:
-                raise CnnrnnError(f"a batch of {len(x)} does not split into {self.world_size} "
-                                  "equal shards; choose a batch size divisible by the number "
-                                  "of processes")
+                raise CnnrnnError.on_every_rank(  # every rank meets the same batch
+                    f"a batch of {len(x)} does not split into {self.world_size} equal shards; "
+                    "choose a batch size divisible by the number of processes")
             per = len(x) // self.world_size
             part = slice(self.rank * per, (self.rank + 1) * per)
             yield x[part], y[part]

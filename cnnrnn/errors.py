@@ -5,9 +5,22 @@ another model) raises `CnnrnnError` with a one-line message that says what is wr
 fix it. The CLI prints that line and exits with status 2; it never shows a traceback for these.
 """
 
+from __future__ import annotations
+
 
 class CnnrnnError(Exception):
-    """A mistake the user can fix; the message is one line: what is wrong, and what to do."""
+    """A mistake the user can fix; the message is one line: what is wrong, and what to do.
+
+    `every_rank`: under torchrun, every rank raised this same error (the ranks agreed on it),
+    so rank 0 alone needs to print it."""
+
+    every_rank: bool = False
+
+    @classmethod
+    def on_every_rank(cls, message: str) -> CnnrnnError:
+        error = cls(message)
+        error.every_rank = True
+        return error
 
 
 class DataError(CnnrnnError):

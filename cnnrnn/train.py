@@ -323,7 +323,7 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
             loss, n_correct = training_step(s.task, model, s.criterion, x, y)
         (diverged,) = world.agree(not torch.isfinite(loss))  # every rank stops at this step
         if diverged:
-            raise TrainingDiverged(
+            raise TrainingDiverged.on_every_rank(
                 f"loss became {_bad_losses(world, loss.item())} at epoch {epoch + 1}, step "
                 f"{st.step + 1}; the last good checkpoint {s.run / LAST} is kept; lower --lr "
                 f"or set grad_clip")

@@ -128,6 +128,13 @@ def test_train_gpu_sh_runs_any_training_command_on_n_processes(tmp_path, data_di
     assert len(json.loads((tmp_path / "gsh" / "environment.json").read_text())) == 1
 
 
+def test_an_error_every_rank_meets_is_printed_once(tmp_path, data_dir):
+    proc = torchrun([*SINGLE, "--out", str(tmp_path / "three")], data_dir, nproc=3)
+    assert proc.returncode != 0
+    line = "error: a batch of 64 does not split into 3 equal shards"
+    assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
+
+
 def test_the_shards_of_a_batch_do_not_overlap():
     class Batches:
         def __len__(self) -> int:
@@ -177,10 +184,10 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path, data_dir
     out = tmp_path / "run"
     proc = torchrun([*SINGLE, "--epochs", "3", "--out", str(out)], data_dir, fault="nan:1:10")
     assert proc.returncode != 0
-    # every rank names the rank whose loss it was, not its own finite loss
+    # rank 0 names the rank whose loss it was (its own loss is finite)
     line = ("error: loss became nan on rank 1 at epoch 2, step 10; the last good checkpoint "
             f"{out / 'last.pt'} is kept")
-    assert proc.stderr.count(line) == 2, proc.stderr[-3000:]
+    assert proc.stderr.count(line) == 1, proc.stderr[-3000:]  # rank 0 says it, once
     state = torch.load(out / "last.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 8)
     assert [r["epoch"] for r in history(out)] == [1]
