@@ -30,7 +30,7 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,10 +173,12 @@ class Bench:
     channels_last: bool
 
 
-def recipe(name: str, size: BenchSize) -> TrainConfig:
-    """The shipped recipe of benchmark model `name` at the batch size (and epoch) of `size`."""
+def recipe(name: str, size: BenchSize, extra: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The shipped recipe of benchmark model `name` at the batch size (and epoch) of `size`,
+    with the config keys `extra` set (`cnnrnn bench --set`)."""
     task, model = MODELS[name]
-    overrides: dict[str, Any] = {"batch_size": size.batch_size, "limit_train": size.limit}
+    overrides: dict[str, Any] = {"batch_size": size.batch_size, "limit_train": size.limit,
+                                 **(extra or {})}
     if task == "multilabel" and size.limit:  # the fixed validation and test mosaics too
         overrides.update({"multilabel.val_mosaics": size.limit,
                           "multilabel.test_mosaics": size.limit})
@@ -340,12 +342,15 @@ def bench_model(name: str, cfg: TrainConfig, size: BenchSize, fmnist: FashionMNI
 
 
 def run_bench(names: list[str], size: BenchSize = FULL, data_dir: str | Path | None = None,
-              threads: int = 0, say: Callable[[str], None] = lambda message: None
-              ) -> dict[str, Any]:
+              threads: int = 0, say: Callable[[str], None] = lambda message: None,
+              overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every measurement for the models `names`; the JSON-ready result (see the module doc).
 
-    threads: torch CPU threads, 0 = torch's default. `say` gets a line per stage.
+    threads: torch CPU threads, 0 = torch's default. `say` gets a line per stage. overrides:
+    config keys set in every model's recipe (e.g. {"model.width": 1.0}).
     """
+    overrides = dict(overrides or {})
+    cfgs = {name: recipe(name, size, overrides) for name in names}  # a bad key fails first
     if threads < 0:
         raise CnnrnnError(f"--threads must be 0 (torch's default) or more, got {threads}")
     if threads:
@@ -354,7 +359,8 @@ def run_bench(names: list[str], size: BenchSize = FULL, data_dir: str | Path | N
     result: dict[str, Any] = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
                               "torch": torch.__version__,
                               "isa": torch.backends.cpu.get_cpu_capability(),
-                              "batch_size": size.batch_size, "steps": size.steps}
+                              "batch_size": size.batch_size, "steps": size.steps,
+                              "overrides": overrides}
     say(f"matmul {size.matmul_n}x{size.matmul_n}, fp32 and bf16")
     peaks = {p: matmul_gflops(p, size.matmul_n, size.steps, size.warmup) for p in PRECISIONS}
     result.update(matmul_gflops=peaks, matmul_n=size.matmul_n, models={}, pipelines={})
@@ -362,7 +368,7 @@ def run_bench(names: list[str], size: BenchSize = FULL, data_dir: str | Path | N
         plain_images = plain_fashion_mnist(root, size.limit)
         for name in names:
             say(f"{name}: training steps, data pipeline, plain loop")
-            cfg = recipe(name, size)
+            cfg = cfgs[name]
             plain = plain_mosaics(cfg, fmnist) if cfg.task == "multilabel" else plain_images
             row, pipeline = bench_model(name, cfg, size, fmnist, plain, peaks)
             result["models"][name] = row
@@ -390,8 +396,11 @@ def format_report(result: dict[str, Any]) -> str:
            f"torch {result['torch']}, batch {result['batch_size']}, median of "
            f"{result['steps']} steps",
            f"matmul {result['matmul_n']}^2: fp32 {peaks['fp32']:.1f} GFLOP/s, "
-           f"bf16 {peaks['bf16']:.1f} GFLOP/s", "", "Training step (channels_last, as cnnrnn "
-           "trains)"]
+           f"bf16 {peaks['bf16']:.1f} GFLOP/s"]
+    if result.get("overrides"):
+        out.append("recipes with " + ", ".join(f"{k} = {v!r}" for k, v in
+                                                result["overrides"].items()))
+    out += ["", "Training step (channels_last, as cnnrnn trains)"]
     rows = []
     for name, m in result["models"].items():
         for p in PRECISIONS:

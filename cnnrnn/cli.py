@@ -375,6 +375,9 @@ def bench(
                           ] = 0,
     target: Annotated[float | None, typer.Option(
         help="--time-to-accuracy: this validation accuracy for every model, e.g. 0.9")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="A config key of every benchmarked model's recipe, e.g. --set "
+        "model.width=1.0 (repeatable; not with --time-to-accuracy)")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """CPU training speed of each model, cnnrnn's way against the plain PyTorch way.
@@ -382,7 +385,12 @@ def bench(
     Run it on an idle machine: a benchmark beside another job measures both.
     """
     from cnnrnn.bench import bench_size, format_report, parse_models, run_bench
+    from cnnrnn.config import parse_set
 
+    overrides = parse_set(set_ or [])
+    if time_to_accuracy and overrides:
+        raise CnnrnnError("--set changes the benchmarked recipes; --time-to-accuracy races "
+                          "the shipped ones: drop one of them")
     if time_to_accuracy:
         from cnnrnn.time_to_accuracy import TARGETS, format_time_to_accuracy, run_time_to_accuracy
 
@@ -396,7 +404,8 @@ def bench(
             typer.echo(format_time_to_accuracy(result), nl=False)
         return
     names = parse_models(models)
-    result = run_bench(names, bench_size(tiny, steps), data_dir, threads, say=_note)
+    result = run_bench(names, bench_size(tiny, steps), data_dir, threads, say=_note,
+                       overrides=overrides)
     if as_json:
         _echo_json(result)
     else:

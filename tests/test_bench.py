@@ -72,6 +72,28 @@ def test_tiny_bench_covers_the_timm_and_bce_models(data_dir: Path) -> None:
         assert row["gflop_per_step"] > 0 and row["bf16"]["ms_per_step"] > 0
 
 
+def test_set_benchmarks_a_variant_of_the_recipe(data_dir: Path) -> None:
+    def run(*extra: str) -> Any:
+        return CliRunner().invoke(app, ["bench", "--tiny", "--json", "--models", "vgg16",
+                                        "--steps", "1", "--data-dir", str(data_dir), *extra])
+
+    narrow, wide = (run("--set", f"model.width={w}") for w in (0.0625, 0.125))
+    assert narrow.exit_code == 0 and wide.exit_code == 0, narrow.output + wide.output
+    narrow, wide = json.loads(narrow.stdout), json.loads(wide.stdout)
+    assert wide["overrides"] == {"model.width": 0.125}
+    # twice the channels: about four times the convolutions' FLOPs (the first layer's twice)
+    ratio = wide["models"]["vgg16"]["gflop_per_step"] / narrow["models"]["vgg16"]["gflop_per_step"]
+    assert 3.0 < ratio < 4.0
+    assert "recipes with model.width = 0.125" in format_report(wide)
+    # user errors (the CLI's main prints them as one line, exit status 2)
+    typo = run("--set", "model.widht=1.0")
+    assert isinstance(typo.exception, CnnrnnError) and "unknown key 'widht'" in str(
+        typo.exception)
+    race = run("--set", "model.width=1.0", "--time-to-accuracy")
+    assert isinstance(race.exception, CnnrnnError) and "races the shipped ones" in str(
+        race.exception)
+
+
 def test_flops_of_a_linear_layer_are_the_hand_count() -> None:
     layer = nn.Linear(64, 32, bias=False)
     x = torch.randn(16, 64)
