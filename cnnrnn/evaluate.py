@@ -91,9 +91,12 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu",
 
 def predict_images(task: Task, model: nn.Module, images: torch.Tensor, cfg: TrainConfig,
                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The task's predictions for uint8 images (N, H, W), under the run's precision."""
+    """The task's predictions for uint8 images (N, H, W), under the run's precision; an fp16
+    run (trained on a GPU) read on a CPU, which has no fp16 autocast, reads in fp32 (its
+    weights are fp32)."""
     dev = resolve_device(device) if isinstance(device, str) else device
-    return run_predict(task, model, images, cfg, dev, lambda: autocast(dev, cfg.precision))
+    precision = "fp32" if cfg.precision == "fp16" and dev.type == "cpu" else cfg.precision
+    return run_predict(task, model, images, cfg, dev, lambda: autocast(dev, precision))
 
 
 def evaluate_run(run: str | Path, split: str = "test", data_dir: str | Path | None = None,

@@ -71,6 +71,29 @@ def test_evaluate_json(runs, data_dir):
     assert np.array(val["confusion_matrix"]).sum() == 500
 
 
+def test_a_run_trained_in_fp16_on_a_gpu_reads_on_a_cpu(runs, tmp_path, data_dir):
+    # no GPU here: the same run with its precision said to be fp16, and one said to be fp32
+    copies = {}
+    for precision in ("fp16", "fp32"):
+        copies[precision] = run = tmp_path / precision
+        shutil.copytree(runs["gru"], run)
+        for name in ("best.pt", "last.pt"):
+            state = load_checkpoint(run / name)
+            state["config"]["precision"] = precision
+            save_checkpoint(state, run / name)
+        text = (run / "config.toml").read_text()
+        (run / "config.toml").write_text(re.sub(r'precision = "\w+"', f'precision = "{precision}"',
+                                                text))
+    # a CPU has no fp16 autocast: the fp16 run reads in fp32, as its fp32 twin does
+    fp16, fp32 = (json.loads(cli("evaluate", copies[p], "--json", "--data-dir", data_dir))
+                  for p in ("fp16", "fp32"))
+    assert fp16["accuracy"] == fp32["accuracy"] and fp16["confusion_matrix"] == fp32[
+        "confusion_matrix"]
+    table = cli("compare", copies["fp16"], copies["fp32"], "--data-dir", data_dir, "--plot",
+                tmp_path / "compare.png")
+    assert "fp16" in table
+
+
 def test_predict(runs, fmnist, tmp_path):
     images = fmnist.test_images[:7].numpy()
     np.save(tmp_path / "x.npy", images)
