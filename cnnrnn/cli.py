@@ -5,10 +5,12 @@ User mistakes (CnnrnnError) print one line, `error: ...`, and exit with status 2
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -146,28 +148,31 @@ def train(
     world = World.from_env()  # the processes torchrun started, or this one
     reporter = Reporter(enabled=not quiet and world.is_main)
     flags = {name: value for name, value in locals().items() if name in CONFIG_FLAGS}
-    overrides = {key_of(name, task): str(v) if isinstance(v, Path) else v
-                 for name, v in flags.items() if v is not None}
-    overrides.update(parse_set(set_ or []))
-    if resume is not None:
-        fixed = [k for k in overrides if k not in RESUMABLE]
-        fixed += [name for name, v in (("model", model), ("config", config), ("out", out),
-                                       ("overwrite", overwrite)) if v]
-        if fixed:
-            raise CnnrnnError(f"--resume continues with the run's own config; drop "
-                              f"{', '.join(fixed)} (only {', '.join(RESUMABLE)} may change)")
-        cfg = RunDir(resume).resume_config(**{k: overrides.get(k) for k in RESUMABLE})
-        if print_config:
-            _print_config(cfg, set())
-            return
-        out = resume
-    else:
-        cfg = load_config(task, model, config, overrides)
-        if print_config:
-            _print_config(cfg, set(overrides))
-            return
-        # under torchrun every rank must write to the same folder: rank 0 names it
-        out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with _alike_on_every_rank():  # the same command line and files: every rank fails alike
+        overrides = {key_of(name, task): str(v) if isinstance(v, Path) else v
+                     for name, v in flags.items() if v is not None}
+        overrides.update(parse_set(set_ or []))
+        if resume is not None:
+            fixed = [k for k in overrides if k not in RESUMABLE]
+            fixed += [name for name, v in (("model", model), ("config", config), ("out", out),
+                                           ("overwrite", overwrite)) if v]
+            if fixed:
+                raise CnnrnnError(f"--resume continues with the run's own config; drop "
+                                  f"{', '.join(fixed)} (only {', '.join(RESUMABLE)} may "
+                                  "change)")
+            cfg = RunDir(resume).resume_config(**{k: overrides.get(k) for k in RESUMABLE})
+            if print_config:
+                _print_config(cfg, set())
+                return
+            out = resume
+        else:
+            cfg = load_config(task, model, config, overrides)
+            if print_config:
+                _print_config(cfg, set(overrides))
+                return
+            # under torchrun every rank must write to the same folder: rank 0 names it
+            out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume is None:
 
         def ready() -> tuple[TrainConfig, Path]:
             RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
@@ -177,8 +182,9 @@ def train(
         world.init(resolve_device(cfg.device))
         try:
             cfg, out = world.on_main(ready)  # the encoder is pretrained once, on rank 0
-        except Interrupted as e:
-            typer.echo(f"interrupted: {e}", err=True)
+        except Interrupted as e:  # on every rank; rank 0 says so
+            if world.is_main:
+                typer.echo(f"interrupted: {e}", err=True)
             raise typer.Exit(130) from None
     try:
         summary = run_training(cfg, out, resume=resume is not None, overwrite=overwrite,
@@ -187,6 +193,17 @@ def train(
         world.close()
     if summary["stop"] == "interrupted":
         raise typer.Exit(130)
+
+
+@contextlib.contextmanager
+def _alike_on_every_rank() -> Iterator[None]:
+    """A user error raised inside is one every rank raises alike (the same command line, the
+    same files), so under torchrun rank 0 alone prints it."""
+    try:
+        yield
+    except CnnrnnError as e:
+        e.every_rank = True
+        raise
 
 
 def _print_config(cfg: object, explicit: set[str]) -> None:

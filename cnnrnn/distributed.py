@@ -115,10 +115,11 @@ class World:
         try:
             result = fn()
         except CnnrnnError as e:
-            error = str(e)
+            error = (type(e), str(e))  # its class too: a caller may catch a kind of error
         errors = [e for e in self.gather(error) if e]
         if errors:
-            raise CnnrnnError.on_every_rank(error or errors[0])
+            kind, message = error or errors[0]
+            raise kind.on_every_rank(message)
         return result  # type: ignore[return-value]
 
     def on_main(self, fn: Callable[[], T]) -> T:
@@ -130,11 +131,11 @@ class World:
         if self.is_main:
             try:
                 outcome = ("ok", fn())
-            except CnnrnnError as e:
-                outcome = ("error", str(e))
+            except CnnrnnError as e:  # its class too (the CLI catches encoders.Interrupted)
+                outcome = ("error", (type(e), str(e)))
         kind, value = self.broadcast(outcome)
         if kind == "error":
-            raise CnnrnnError.on_every_rank(value)
+            raise value[0].on_every_rank(value[1])
         return value
 
     def shard(self, batches: Any) -> Any:

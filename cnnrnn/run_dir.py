@@ -98,11 +98,13 @@ class RunDir:
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def record_environment(self, cfg: TrainConfig, resumed: bool) -> None:
-        """Append this session's software, machine and command line to environment.json."""
+    def record_environment(self, cfg: TrainConfig, resumed: bool, processes: int = 1) -> None:
+        """Append this session's software, machine and command line to environment.json, and
+        how many processes (torchrun's ranks) train: per-rank dropout streams and batch-norm
+        statistics make the numbers depend on it."""
         sessions = self.read_json(ENVIRONMENT) or []
         sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resumed,
-                         **environment(cfg)})
+                         "processes": processes, **environment(cfg)})
         self.write_json(ENVIRONMENT, sessions)
 
     # ---- starting and resuming -----------------------------------------------------------

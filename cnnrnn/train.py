@@ -217,18 +217,14 @@ def validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
 
 def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
            data_dir: str | Path | None, world: World) -> tuple[Session, RunState]:
-    if cfg.threads:
-        torch.set_num_threads(auto_threads() if cfg.threads == -1 else cfg.threads)
+    if cfg.threads:  # -1: a share of the CPUs when several ranks train on this machine
+        torch.set_num_threads(auto_threads(world.distributed) if cfg.threads == -1
+                              else cfg.threads)
     device = world.device(resolve_device(cfg.device))
-    if cfg.compile and device.type == "cpu":
-        _check_cpp_compiler()
+    if cfg.compile:
+        _check_compiler(device)
     task = get_task(cfg.task)
     state = run.check_resumable(cfg) if resume else None
-    if world.is_main:
-        if not resume:
-            run.start(overwrite)
-        run.write_config(cfg)  # before training starts
-        run.record_environment(cfg, resumed=resume)
     data = task.prepare(cfg, load_fashion_mnist(data_dir))
     if cfg.data_device == "auto":  # a no-op on a CPU; on a GPU the batches are built there
         data.train = data.train.to(device)
@@ -262,7 +258,12 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
             raise CheckpointError(f"{run / LAST} stopped inside an epoch of a run on "
                                   f"{saved_world} process(es); resume it on as many (or wait "
                                   "for an epoch's end)")
-        if world.is_main:
+    if world.is_main:  # only now, so a refused start or resume leaves the folder as it was
+        if not resume:
+            run.start(overwrite)
+        run.write_config(cfg)  # before training starts
+        run.record_environment(cfg, resumed=resume, processes=world.world_size)
+        if state is not None:
             run.write_history(st.history)
     train_model = model
     if world.distributed:
@@ -275,13 +276,18 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     return session, st
 
 
-def _check_cpp_compiler() -> None:
-    """torch.compile on a CPU builds its kernels with a C++ compiler (inductor): without one it
-    would fail inside the first step with a long traceback."""
-    names = (os.environ.get("CXX"), "g++", "c++", "clang++")
+def _check_compiler(device: torch.device) -> None:
+    """torch.compile builds its kernels with a compiler: C++ on a CPU (inductor), C for
+    Triton's launchers on a GPU. Without one it would fail inside the first step with a long
+    traceback."""
+    if device.type == "cpu":
+        kind, names = "C++", (os.environ.get("CXX"), "g++", "c++", "clang++")
+    else:
+        kind, names = "C", (os.environ.get("CC"), "gcc", "cc", "clang")
     if not any(shutil.which(n) for n in names if n):
-        raise ConfigError("compile = true on a CPU needs a C++ compiler (torch.compile builds "
-                          "its kernels with one): install g++, or set compile=false")
+        raise ConfigError(f"compile = true on a {device.type.upper()} needs a {kind} compiler "
+                          "(torch.compile builds its kernels with one): install "
+                          f"{'g++' if kind == 'C++' else 'gcc'}, or set compile=false")
 
 
 def _restore_rng(s: Session, st: RunState) -> None:
@@ -412,9 +418,9 @@ def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporte
     if improved:
         st.best_metric, st.best_epoch = val[s.task.primary], epoch + 1
     ckpt = s.checkpoint(st)
-    s.run.save(ckpt, "last")
-    if improved:
+    if improved:  # best.pt first: a kill between the two saves leaves last.pt's best_epoch true
         s.run.save(ckpt, "best")
+    s.run.save(ckpt, "last")
     s.run.write_history(st.history)
     reporter.epoch_end(row, s.task.primary, improved)
 
@@ -472,6 +478,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     if stop_reason == "finished" and world.is_main:
         _finish(s)
     world.barrier()  # the files are written before any rank returns
-    return {"stop": stop_reason, "best_metric": st.best_metric, "best_epoch": st.best_epoch,
+    # rank 0 validated: its best epoch and history are every rank's
+    best_metric, best_epoch, history = world.broadcast((st.best_metric, st.best_epoch,
+                                                        st.history))
+    return {"stop": stop_reason, "best_metric": best_metric, "best_epoch": best_epoch,
             "primary": s.task.primary, "parameters": n_params, "steps": st.step,
-            "history": st.history, "out": str(run.path)}
+            "history": history, "out": str(run.path)}

@@ -193,8 +193,22 @@ def test_an_optimizer_state_that_does_not_fit_the_model_is_one_line(run, tmp_pat
     group = state["optimizer"]["param_groups"][0]
     group["params"] = group["params"][:2]  # as if fewer parameters had been trainable
     torch.save(state, copy / "last.pt")
+    before = {name: (copy / name).read_bytes() for name in ("config.toml", "environment.json")}
     user_error("its optimizer state does not fit the model's trainable parameters", "train",
                "--resume", copy, "--epochs", "2")
+    # a refused resume leaves the run as it was: no epochs = 2, no session that never trained
+    assert {name: (copy / name).read_bytes() for name in before} == before
+
+
+def test_best_pt_is_saved_before_last_pt(tmp_path, data_dir, monkeypatch):
+    # a kill between the two saves then leaves last.pt's best_epoch naming the saved best.pt
+    from cnnrnn.run_dir import RunDir
+
+    saved, real = [], RunDir.save
+    monkeypatch.setattr(RunDir, "save", lambda self, state, which: (
+        saved.append((which, state["epoch"])), real(self, state, which))[1])
+    cli("train", "--epochs", "1", "--out", tmp_path / "run", "--data-dir", data_dir, *TINY)
+    assert saved == [("best", 1), ("last", 1)]
 
 
 def test_bad_paths_and_devices_are_one_line(run, tmp_path, data_dir, user_error):
@@ -348,6 +362,7 @@ def test_auto_threads_leave_the_busy_cpus_alone(monkeypatch, tmp_path, data_dir)
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
         monkeypatch.setattr(precision, "busy_cpus", lambda b=busy: b)
         assert precision.auto_threads() == want
+    assert precision.auto_threads(shared=False) == 8  # rank 0 alone, the others waiting
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(precision.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(precision, "busy_cpus", lambda: 1)

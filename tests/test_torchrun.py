@@ -50,12 +50,12 @@ def env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def torchrun(args: list[str], data_dir: Path, nproc: int = 2, fault: str = "",
-             **kw) -> subprocess.CompletedProcess:
+             env_extra: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     """`cnnrnn train ARGS` on `nproc` ranks; with `fault`, one rank's fault (rank_fault.py)."""
     main = ["tests/rank_fault.py"] if fault else ["-m", "cnnrnn"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", *main, "train", *args]
-    extra = {"CNNRNN_TEST_FAULT": fault} if fault else {}
+    extra = {**({"CNNRNN_TEST_FAULT": fault} if fault else {}), **(env_extra or {})}
     return subprocess.run(cmd, capture_output=True, text=True, env=env(data_dir, **extra),
                           timeout=300, cwd=REPO, **kw)
 
@@ -90,6 +90,8 @@ def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path, data
     # only rank 0 wrote: one environment entry, one row per epoch, the files of one run
     sessions = json.loads((two / "environment.json").read_text())
     assert len(sessions) == 1 and len(history(two)) == 2
+    assert sessions[0]["processes"] == 2  # the numbers depend on it
+    assert json.loads((one / "environment.json").read_text())[0]["processes"] == 1
     assert {p.name for p in two.iterdir()} == {p.name for p in one.iterdir()}
 
 
@@ -133,6 +135,25 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path, data_dir):
     assert proc.returncode != 0
     line = "error: a batch of 64 does not split into 3 equal shards"
     assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
+    # a typo in the command line: every rank reads it before they meet
+    proc = torchrun([*SINGLE, "--set", "modle.hidden_size=8", "--out", str(tmp_path / "typo")],
+                    data_dir)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: unknown key 'modle'") == 1, proc.stderr[-3000:]
+
+
+def test_ctrl_c_during_the_encoders_pretraining_stops_every_rank_as_interrupted(tmp_path,
+                                                                              data_dir):
+    # rank 0 pretrains the encoder while rank 1 waits; a Ctrl-C there (its 2nd step) ends the
+    # command on both ranks as an interruption (status 130), said once, not as an error
+    args = [a for a in MULTI if a not in ("--encoder-checkpoint", str(OLD_BCE))]
+    args += ["--set", "model.encoder_width=0.0625", "--set", "multilabel.encoder_epochs=1",
+             "--set", "multilabel.encoder_limit_train=512", "--out", str(tmp_path / "ml")]
+    proc = torchrun(args, data_dir, fault="signal:0:2",
+                    env_extra={"CNNRNN_CACHE": str(tmp_path / "cache")})
+    said = proc.stdout + proc.stderr
+    assert "exitcode  : 130" in said and "exitcode  : 2" not in said, said[-3000:]
+    assert said.count("interrupted: interrupted while pretraining the encoder") == 1, said[-3000:]
 
 
 def test_the_shards_of_a_batch_do_not_overlap():
