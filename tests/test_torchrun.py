@@ -217,9 +217,11 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path, data_dir
 
 def test_ctrl_c_on_one_rank_stops_every_rank_and_resumes_to_the_straight_run(tmp_path, data_dir):
     straight, cut = tmp_path / "straight", tmp_path / "cut"
-    done = torchrun([*SINGLE, "--out", str(straight)], data_dir)
+    # with dropout, so each rank's own random stream must come back at the resume too
+    dropout = [*SINGLE, "--set", "model.num_layers=2", "--set", "model.dropout=0.3"]
+    done = torchrun([*dropout, "--out", str(straight)], data_dir)
     assert done.returncode == 0, done.stderr[-3000:]
-    loud = [a for a in SINGLE if a != "--quiet"]  # rank 0 says why it stopped
+    loud = [a for a in dropout if a != "--quiet"]  # rank 0 says why it stopped
     proc = torchrun([*loud, "--out", str(cut)], data_dir, fault="signal:1:10")
     assert proc.returncode != 0
     said = proc.stdout + proc.stderr
