@@ -172,21 +172,21 @@ def train(
                 return
             # under torchrun every rank must write to the same folder: rank 0 names it
             out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if resume is None:
+    def ready() -> tuple[TrainConfig, Path]:
+        RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
+        return prepare(cfg, explicit=set(overrides), data_dir=data_dir, reporter=reporter), out
 
-        def ready() -> tuple[TrainConfig, Path]:
-            RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
-            return prepare(cfg, explicit=set(overrides), data_dir=data_dir,
-                           reporter=reporter), out
-
-        world.init(resolve_device(cfg.device))
-        try:
-            cfg, out = world.on_main(ready)  # the encoder is pretrained once, on rank 0
-        except Interrupted as e:  # on every rank; rank 0 says so
-            if world.is_main:
-                typer.echo(f"interrupted: {e}", err=True)
-            raise typer.Exit(130) from None
+    # every way out leaves the process group: a process that exits inside one aborts
+    # ("terminate called without an active exception") instead of giving its exit status
     try:
+        if resume is None:
+            world.init(resolve_device(cfg.device))
+            try:
+                cfg, out = world.on_main(ready)  # the encoder is pretrained once, on rank 0
+            except Interrupted as e:  # on every rank; rank 0 says so
+                if world.is_main:
+                    typer.echo(f"interrupted: {e}", err=True)
+                raise typer.Exit(130) from None
         summary = run_training(cfg, out, resume=resume is not None, overwrite=overwrite,
                                data_dir=data_dir, reporter=reporter, world=world)
     finally:

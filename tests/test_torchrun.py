@@ -152,7 +152,11 @@ def test_ctrl_c_during_the_encoders_pretraining_stops_every_rank_as_interrupted(
     proc = torchrun(args, data_dir, fault="signal:0:2",
                     env_extra={"CNNRNN_CACHE": str(tmp_path / "cache")})
     said = proc.stdout + proc.stderr
-    assert "exitcode  : 130" in said and "exitcode  : 2" not in said, said[-3000:]
+    # a rank ends with 130 (torchrun then stops the other with SIGTERM, whichever is first);
+    # none errs (2) or aborts inside the process group (-6: "terminate called without...")
+    assert "exitcode  : 130" in said, said[-3000:]
+    assert "exitcode  : 2 (" not in said and "exitcode  : -6" not in said, said[-3000:]
+    assert "terminate called" not in said, said[-3000:]
     assert said.count("interrupted: interrupted while pretraining the encoder") == 1, said[-3000:]
 
 
