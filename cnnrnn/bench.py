@@ -350,6 +350,10 @@ def run_bench(names: list[str], size: BenchSize = FULL, data_dir: str | Path | N
     config keys set in every model's recipe (e.g. {"model.width": 1.0}).
     """
     overrides = dict(overrides or {})
+    fixed = sorted(set(overrides) & {"batch_size", "limit_train"})
+    if fixed:  # the plain loop and the report use the bench's own batch and epoch
+        raise CnnrnnError(f"--set {fixed[0]} would change cnnrnn's side only; the benchmark's "
+                          "batch is 128 and its epoch the recipe's")
     cfgs = {name: recipe(name, size, overrides) for name in names}  # a bad key fails first
     if threads < 0:
         raise CnnrnnError(f"--threads must be 0 (torch's default) or more, got {threads}")

@@ -681,9 +681,14 @@ def main() -> None:
     try:
         app()  # standalone: click reports usage errors itself and exits with status 2
     except CnnrnnError as e:
-        if not (e.every_rank and os.environ.get("RANK", "0") != "0"):  # once, not per rank
+        # an error every rank raised alike: once per machine (its local rank 0), not per rank
+        if not (e.every_rank and os.environ.get("LOCAL_RANK", "0") != "0"):
             typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and stops itself)
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            typer.echo("interrupted", err=True)
+        sys.exit(130)
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         typer.echo(f"error: {where}{e.strerror or e}", err=True)

@@ -119,7 +119,9 @@ class World:
         errors = [e for e in self.gather(error) if e]
         if errors:
             kind, message = error or errors[0]
-            raise kind.on_every_rank(message)
+            if all(e == (kind, message) for e in errors):  # one error, said once
+                raise kind.on_every_rank(message)
+            raise kind(message)  # ranks that failed differently each say their own
         return result  # type: ignore[return-value]
 
     def on_main(self, fn: Callable[[], T]) -> T:

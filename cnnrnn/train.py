@@ -418,7 +418,10 @@ def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporte
     if improved:
         st.best_metric, st.best_epoch = val[s.task.primary], epoch + 1
     ckpt = s.checkpoint(st)
-    if improved:  # best.pt first: a kill between the two saves leaves last.pt's best_epoch true
+    # best.pt first: a kill between the two saves leaves last.pt an epoch behind, and the
+    # resume replays that epoch (bit for bit on a CPU) and saves both again; the other order
+    # could leave last.pt naming as best an epoch whose weights best.pt never got
+    if improved:
         s.run.save(ckpt, "best")
     s.run.save(ckpt, "last")
     s.run.write_history(st.history)

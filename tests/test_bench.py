@@ -89,6 +89,9 @@ def test_set_benchmarks_a_variant_of_the_recipe(data_dir: Path) -> None:
     typo = run("--set", "model.widht=1.0")
     assert isinstance(typo.exception, CnnrnnError) and "unknown key 'widht'" in str(
         typo.exception)
+    batch = run("--set", "batch_size=256")  # the plain loop keeps the bench's own batch
+    assert isinstance(batch.exception, CnnrnnError) and "cnnrnn's side only" in str(
+        batch.exception)
     race = run("--set", "model.width=1.0", "--time-to-accuracy")
     assert isinstance(race.exception, CnnrnnError) and "races the shipped ones" in str(
         race.exception)

@@ -200,8 +200,21 @@ def test_an_optimizer_state_that_does_not_fit_the_model_is_one_line(run, tmp_pat
     assert {name: (copy / name).read_bytes() for name in before} == before
 
 
+def test_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(monkeypatch, capsys):
+    import cnnrnn.cli as cli_module
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "app", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        cli_module.main()
+    assert stop.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
 def test_best_pt_is_saved_before_last_pt(tmp_path, data_dir, monkeypatch):
-    # a kill between the two saves then leaves last.pt's best_epoch naming the saved best.pt
+    # a kill between the two saves then leaves last.pt an epoch behind (a resume replays it),
+    # never last.pt naming as best an epoch that best.pt does not hold
     from cnnrnn.run_dir import RunDir
 
     saved, real = [], RunDir.save

@@ -160,6 +160,29 @@ def test_ctrl_c_during_the_encoders_pretraining_stops_every_rank_as_interrupted(
     assert said.count("interrupted: interrupted while pretraining the encoder") == 1, said[-3000:]
 
 
+def test_ranks_that_fail_alike_say_it_once_and_ranks_that_fail_apart_each_say_theirs(
+        monkeypatch):
+    from cnnrnn.distributed import World
+    from cnnrnn.errors import CheckpointError, CnnrnnError, ConfigError
+
+    rank1 = World(rank=1, world_size=2, local_rank=1)  # no process group: gather is faked
+    alike = [(ConfigError, "bad"), (ConfigError, "bad")]
+    monkeypatch.setattr(World, "gather", lambda self, obj: alike)
+    with pytest.raises(ConfigError) as got:
+        rank1.on_every_rank(lambda: (_ for _ in ()).throw(ConfigError("bad")))
+    assert got.value.every_rank  # rank 0 prints it
+    apart = [None, (CheckpointError, "rank 1's own")]
+    monkeypatch.setattr(World, "gather", lambda self, obj: apart)
+    with pytest.raises(CheckpointError) as got:
+        rank1.on_every_rank(lambda: (_ for _ in ()).throw(CheckpointError("rank 1's own")))
+    assert got.value.every_rank  # rank 0 had none and raises rank 1's: rank 0 says it
+    monkeypatch.setattr(World, "gather", lambda self, obj: [(ConfigError, "a"), (
+        CheckpointError, "b")])
+    with pytest.raises(CnnrnnError) as got:
+        rank1.on_every_rank(lambda: (_ for _ in ()).throw(CheckpointError("b")))
+    assert str(got.value) == "b" and not got.value.every_rank
+
+
 def test_the_shards_of_a_batch_do_not_overlap():
     class Batches:
         def __len__(self) -> int:
