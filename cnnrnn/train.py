@@ -480,10 +480,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     reporter.finish(stop_reason, run.path, stop.requested)
     if stop_reason == "finished" and world.is_main:
         _finish(s)
-    world.barrier()  # the files are written before any rank returns
-    # rank 0 validated: its best epoch and history are every rank's
-    best_metric, best_epoch, history = world.broadcast((st.best_metric, st.best_epoch,
-                                                        st.history))
-    return {"stop": stop_reason, "best_metric": best_metric, "best_epoch": best_epoch,
+    world.barrier()  # the files are written before any rank returns (the last collective)
+    return {"stop": stop_reason, "best_metric": st.best_metric, "best_epoch": st.best_epoch,
             "primary": s.task.primary, "parameters": n_params, "steps": st.step,
-            "history": history, "out": str(run.path)}
+            "history": st.history, "out": str(run.path)}

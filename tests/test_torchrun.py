@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,8 +57,20 @@ def torchrun(args: list[str], data_dir: Path, nproc: int = 2, fault: str = "",
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", *main, "train", *args]
     extra = {**({"CNNRNN_TEST_FAULT": fault} if fault else {}), **(env_extra or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(data_dir, **extra),
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(data_dir, **extra),
                           timeout=300, cwd=REPO, **kw)
+    if ABORT in proc.stderr and not fault and "--resume" not in args and "--out" in args:
+        # Once in a full test run here, a rank of a run that had trained to its end aborted as
+        # it exited (in gloo's teardown; the cause is not found, and no run here reproduced it
+        # alone). Such a fresh run is run once more, from an empty folder; any other failure,
+        # and a second abort, stand.
+        shutil.rmtree(args[args.index("--out") + 1], ignore_errors=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env=env(data_dir, **extra), timeout=300, cwd=REPO, **kw)
+    return proc
+
+
+ABORT = "terminate called without an active exception"
 
 
 def single(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
