@@ -172,6 +172,7 @@ def train(
                 return
             # under torchrun every rank must write to the same folder: rank 0 names it
             out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
     def ready() -> tuple[TrainConfig, Path]:
         RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
         return prepare(cfg, explicit=set(overrides), data_dir=data_dir, reporter=reporter), out
@@ -678,15 +679,16 @@ def main() -> None:
     An OSError that reaches here (a read-only folder, a missing one, a file where a folder
     should be) is a user's problem with a path too: one line naming the path and the reason.
     """
+    first_here = os.environ.get("LOCAL_RANK", "0") == "0"  # this machine's first torchrun rank
     try:
         app()  # standalone: click reports usage errors itself and exits with status 2
     except CnnrnnError as e:
-        # an error every rank raised alike: once per machine (its local rank 0), not per rank
-        if not (e.every_rank and os.environ.get("LOCAL_RANK", "0") != "0"):
+        # an error every rank raised alike: once per machine, not once per rank
+        if first_here or not e.every_rank:
             typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and stops itself)
-        if os.environ.get("LOCAL_RANK", "0") == "0":
+        if first_here:
             typer.echo("interrupted", err=True)
         sys.exit(130)
     except OSError as e:
