@@ -113,8 +113,8 @@ def train(
              "model.encoder=timm:<name> a timm (or torchvision) state_dict of that network"
     )] = None,
     loss: Annotated[str | None, typer.Option(
-        help="single-label: cross-entropy, soft-labels or expected-cost (these two need "
-        "--costs)")] = None,
+        help="single-label: cross-entropy, soft-labels, expected-cost or hxe (these three "
+        "need --costs; hxe's tree is the hierarchy or the clustering of the cost file)")] = None,
     costs: Annotated[str | None, typer.Option(
         help="A class-cost matrix, 'hierarchy' or a CSV/JSON file (`cnnrnn analyze costs`): "
         "for the severity-aware losses, the CRM decision and the severity metrics")] = None,

@@ -36,7 +36,7 @@ CHOICES = {
     "data_device": ("auto", "cpu"),
 }
 ORDERS = ("frequency", "rare-first", "random", "pla")
-LOSSES = ("cross-entropy", "soft-labels", "expected-cost")
+LOSSES = ("cross-entropy", "soft-labels", "expected-cost", "hxe")
 DECISIONS = ("argmax", "crm")
 STEP_TARGETS = ("next", "set")  # the CNN-RNN's step target (cnnrnn.losses.SequenceNLL)
 
@@ -63,9 +63,12 @@ class SingleLabelConfig:
     # Making better mistakes (cnnrnn/costs.py): a class-cost matrix, by name ("hierarchy") or a
     # CSV/JSON file, read by the severity-aware losses, the CRM decision and the metrics.
     costs: str = ""
-    loss: str = "cross-entropy"  # cross-entropy | soft-labels | expected-cost
+    loss: str = "cross-entropy"  # cross-entropy | soft-labels | expected-cost | hxe
     beta: float = 6.0  # soft labels: target = softmax(-beta * C[y])
     cost_weight: float = 1.0  # expected cost: loss = CE + cost_weight * sum_j p_j C[y, j]
+    # hxe: the term of the edge above node C weighs exp(-alpha * depth of C); 0.1 is the
+    # reference code's default (fiveai/making-better-mistakes); 0 is the cross-entropy
+    alpha: float = 0.1
     decision: str = "argmax"  # argmax | crm (the class of least expected cost)
 
     def validate(self) -> None:
@@ -79,14 +82,19 @@ class SingleLabelConfig:
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ConfigError(f"single_label.beta must be a finite number > 0, got {self.beta}")
         _check_min({"single_label.cost_weight": self.cost_weight}, 0)
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ConfigError(f"single_label.alpha must be a finite number >= 0, got {self.alpha}")
         needs = [f"{k} = {v!r}" for k, v in (("loss", self.loss), ("decision", self.decision))
-                 if v in ("soft-labels", "expected-cost", "crm")]
+                 if v in ("soft-labels", "expected-cost", "hxe", "crm")]
         if needs and not self.costs:
             raise ConfigError(f"single_label.{needs[0]} needs a cost matrix: set "
                               "single_label.costs to 'hierarchy' or a cost file (--costs FILE)")
         if self.loss == "soft-labels" and self.label_smoothing:
             raise ConfigError("soft labels replace label smoothing; set one of "
                               "single_label.loss = 'soft-labels' and label_smoothing")
+        if self.loss == "hxe" and self.label_smoothing:
+            raise ConfigError("the hierarchical cross-entropy takes no label smoothing; set "
+                              "single_label.label_smoothing = 0 with single_label.loss = 'hxe'")
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 
 Every model is trained through `model(...)`; what it returns goes to one of these. A loss is
 computed in fp32 whatever the autocast precision of the forward pass. Cost-sensitive criteria
-(soft labels, expected cost over a class-cost matrix) belong here too.
+(soft labels, expected cost over a class-cost matrix, the hierarchical cross-entropy over
+a class tree) belong here too.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 from cnnrnn.config import STEP_TARGETS
 from cnnrnn.errors import ConfigError, DataError
 from cnnrnn.models.cnn_rnn import IGNORE_INDEX, SequenceOutput
+from cnnrnn.trees import ClassTree
 
 
 class CrossEntropy(nn.Module):
@@ -127,3 +131,52 @@ class ExpectedCost(nn.Module):
         ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         expected = (logits.softmax(dim=1) * self.costs[y]).sum(dim=1).mean()
         return ce + self.weight * expected
+
+
+class HierarchicalCrossEntropy(nn.Module):
+    """HXE, Bertinetto et al. (CVPR 2020), as their code (fiveai/making-better-mistakes,
+    HierarchicalCrossEntropyLoss) computes it. The probability of a node is the sum of the
+    softmax probabilities of the classes under it; the probability of class y factorises along
+    its path y = C0, C1, ..., root, p(y) = prod_l p(C_l | C_l+1) with p(C | parent) =
+    p(C) / p(parent), and the loss is
+
+        -sum_l lambda(C_l) log p(C_l | C_l+1),   lambda(C) = exp(-alpha * depth(C)),
+
+    depth(C) the number of edges from the root to C. The paper writes h(C), "the height of C";
+    its code weighs the edge above C by exp(-alpha * len(tree position of C)), the depth, which
+    is what makes a larger alpha favour the coarse decisions near the root, as the paper says
+    it should. The code also divides every weight by their sum over the tree, a constant
+    factor (a learning-rate scale); cnnrnn leaves it out, so alpha = 0 is exactly the
+    cross-entropy (the conditionals telescope to p(y)). Computed in log space:
+    log p(C) = logsumexp of the log-softmax over the classes under C.
+
+    logits (B, K), classes (B,)."""
+
+    def __init__(self, tree: ClassTree, alpha: float) -> None:
+        super().__init__()
+        paths = [tree.path(k) for k in range(len(tree.leaves[-1]))]
+        L = max(len(p) for p in paths) - 1  # edges on the longest path
+        root = len(tree.leaves) - 1
+        child = torch.full((len(paths), L), root)
+        parent = torch.full((len(paths), L), root)
+        weight = torch.zeros(len(paths), L)
+        for k, path in enumerate(paths):
+            for step, (c, p) in enumerate(zip(path[:-1], path[1:], strict=True)):
+                child[k, step], parent[k, step] = c, p
+                weight[k, step] = math.exp(-alpha * tree.depth(c))
+        self.register_buffer("mask", torch.from_numpy(tree.mask()))  # (N, K)
+        self.register_buffer("child", child)  # (K, L) nodes, padded with the root
+        self.register_buffer("parent", parent)  # (K, L)
+        self.register_buffer("weight", weight)  # (K, L), 0 on the padding
+        self.alpha = alpha
+
+    def node_log_probs(self, logits: Tensor) -> Tensor:
+        """(B, K) logits -> (B, N): log p(node), the log of the summed class probabilities."""
+        log_p = logits.float().log_softmax(dim=1)  # (B, K)
+        masked = log_p[:, None, :].masked_fill(~self.mask, float("-inf"))  # (B, N, K)
+        return masked.logsumexp(dim=2)
+
+    def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        log_node = self.node_log_probs(logits)  # (B, N)
+        log_cond = log_node.gather(1, self.child[y]) - log_node.gather(1, self.parent[y])
+        return -(self.weight[y] * log_cond).sum(dim=1).mean()

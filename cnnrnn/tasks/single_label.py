@@ -15,13 +15,14 @@ from cnnrnn.config import TrainConfig
 from cnnrnn.costs import load_costs
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, train_val_split
 from cnnrnn.data.loader import IndexedBatches
-from cnnrnn.losses import CrossEntropy, ExpectedCost, SoftLabels
+from cnnrnn.losses import CrossEntropy, ExpectedCost, HierarchicalCrossEntropy, SoftLabels
 from cnnrnn.metrics.severity import severity_metrics
 from cnnrnn.metrics.single_label import single_label_metrics
 from cnnrnn.models.registry import get_entry
 from cnnrnn.plots import check_format, plot_confusion_matrix, run_title
 from cnnrnn.run_dir import CONFUSION_MATRIX, RunDir
 from cnnrnn.tasks.base import EvalOption, Task, TaskData
+from cnnrnn.trees import class_tree
 
 
 @functools.lru_cache(maxsize=8)
@@ -60,6 +61,8 @@ class SingleLabel(Task):
             return SoftLabels(cost_tensor(opts.costs), opts.beta)
         if opts.loss == "expected-cost":
             return ExpectedCost(cost_tensor(opts.costs), opts.cost_weight, opts.label_smoothing)
+        if opts.loss == "hxe":  # the tree: the hierarchy, or the clustering of the cost file
+            return HierarchicalCrossEntropy(class_tree(opts.costs), opts.alpha)
         return CrossEntropy(opts.label_smoothing)
 
     def count_correct(self, outputs: torch.Tensor, y: torch.Tensor) -> int:
