@@ -4,6 +4,7 @@ decisions, embedding maps; hand-computed cases and the CLI end to end at tiny si
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from cnnrnn.cli import app
 from cnnrnn.costs import (
     CLASSES,
+    HIERARCHY,
     check_costs,
     confusion_costs,
     embedding_costs,
@@ -25,8 +27,9 @@ from cnnrnn.costs import (
     write_costs,
 )
 from cnnrnn.errors import CnnrnnError
-from cnnrnn.losses import ExpectedCost, SoftLabels
+from cnnrnn.losses import ExpectedCost, HierarchicalCrossEntropy, SoftLabels
 from cnnrnn.metrics.severity import set_severity, severity_metrics
+from cnnrnn.trees import ClassTree, class_tree, hierarchy_tree, tree_from_costs
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_BCE = REPO / "tests" / "fixtures" / "old_runs" / "bce"
@@ -177,6 +180,94 @@ def test_expected_cost_adds_the_weighted_mean_cost():
     assert torch.allclose(ec, by_hand)
 
 
+# ---- the hierarchical cross-entropy (HXE) and its class trees ----------------------------
+
+def hierarchy_groups() -> set[frozenset[int]]:
+    return {frozenset(IDX[n] for n in names) for names in HIERARCHY.values() if len(names) > 1}
+
+
+def test_hierarchy_tree_collapses_one_class_groups():
+    tree = hierarchy_tree()
+    assert tree.groups() == hierarchy_groups()  # tops and footwear; no group of one
+    root = len(tree.leaves) - 1
+    for name in ("Dress", "Trouser", "Bag"):
+        assert tree.parent[IDX[name]] == root
+    assert tree.path(IDX["Shirt"]) == [IDX["Shirt"], tree.parent[IDX["Shirt"]], root]
+    assert tree.depth(IDX["Shirt"]) == 2 and tree.depth(IDX["Bag"]) == 1
+
+
+def test_clustering_the_hierarchy_costs_gives_back_the_hierarchy():
+    """Average linkage merges two at a time; merges of equal height are one node, so the four
+    tops and the three shoes come back as two groups under the root, and nothing else."""
+    tree = tree_from_costs(hierarchy_costs())
+    assert tree.groups() == hierarchy_groups()
+    assert tree == hierarchy_tree()
+
+
+def test_a_tree_from_embedding_costs_nests_by_distance(tmp_path):
+    # classes 0-4 near one point, 5-9 near another; inside each, 0,1 and 5,6 closest
+    v = np.zeros((10, 3))
+    v[:5, 0], v[5:, 1] = 10.0, 10.0
+    v[[0, 1], 2], v[[5, 6], 2] = 0.1, 0.1
+    v[[2, 3, 4, 7, 8, 9], 2] = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+    tree = tree_from_costs(embedding_costs(v, "euclidean"))
+    groups = tree.groups()
+    assert {frozenset(range(5)), frozenset(range(5, 10)), frozenset({0, 1}),
+            frozenset({5, 6})} <= groups
+    assert all(a <= b or b <= a or not a & b for a in groups for b in groups)  # nested
+    write_costs(tmp_path / "emb.csv", embedding_costs(v, "euclidean"), "test")
+    assert class_tree(str(tmp_path / "emb.csv")) == tree  # a cost file gives its clustering
+
+
+def test_a_malformed_tree_is_refused():
+    with pytest.raises(CnnrnnError, match="does not hold its classes"):
+        ClassTree(tuple(frozenset({k}) for k in range(10)) + (frozenset({0}),
+                                                              frozenset(range(10))),
+                  (10,) + (11,) * 10 + (-1,))
+
+
+@pytest.mark.parametrize("tree", [hierarchy_tree(), tree_from_costs(embedding_costs(
+    np.random.default_rng(0).normal(size=(10, 4))))], ids=["hierarchy", "clustered"])
+def test_hxe_with_alpha_0_is_the_cross_entropy(tree):
+    """The conditionals telescope: prod_l p(C_l | C_l+1) = p(y) / p(root) = p(y)."""
+    gen = torch.Generator().manual_seed(0)
+    logits, y = 3 * torch.randn(64, 10, generator=gen), torch.arange(64) % 10
+    hxe = HierarchicalCrossEntropy(tree, alpha=0.0)(logits, y)
+    assert hxe.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(),
+                                       abs=1e-6)
+    assert HierarchicalCrossEntropy(tree, alpha=0.5)(logits, y).item() != pytest.approx(
+        hxe.item(), abs=1e-3)
+
+
+def test_hxe_by_hand():
+    """The hierarchy tree, alpha = 0.5: Shirt's path is Shirt -> tops -> root, Dress's is
+    Dress -> root; the edge above a node at depth d weighs exp(-0.5 d)."""
+    p = torch.tensor([.05, .05, .1, .2, .05, .05, .3, .05, .1, .05])  # tops: 0, 2, 4, 6
+    tops = .05 + .1 + .05 + .3
+    shirt = -(math.exp(-1.0) * math.log(.3 / tops) + math.exp(-.5) * math.log(tops))
+    dress = -math.exp(-.5) * math.log(.2)
+    loss = HierarchicalCrossEntropy(hierarchy_tree(), alpha=0.5)(
+        p.log().expand(2, 10), torch.tensor([IDX["Shirt"], IDX["Dress"]]))
+    assert loss.item() == pytest.approx((shirt + dress) / 2, abs=1e-6)
+
+
+def test_hxe_options_are_checked():
+    from cnnrnn.config import load_config
+    from cnnrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'hxe' needs a cost matrix"):
+        load_config("single-label", "cnn", overrides={"single_label.loss": "hxe"})
+    with pytest.raises(ConfigError, match="single_label.alpha must be a finite number >= 0"):
+        load_config("single-label", "cnn", overrides={"single_label.loss": "hxe",
+                                                      "single_label.costs": "hierarchy",
+                                                      "single_label.alpha": -0.1})
+    with pytest.raises(ConfigError, match="hierarchical cross-entropy takes no label smooth"):
+        load_config("single-label", "cnn", overrides={"single_label.loss": "hxe",
+                                                      "single_label.costs": "hierarchy",
+                                                      "single_label.label_smoothing": 0.1})
+    assert load_config("single-label", "cnn").single_label.alpha == 0.1  # the reference's
+
+
 def test_crm_with_zero_one_costs_is_the_argmax(tmp_path):
     from cnnrnn.config import load_config
     from cnnrnn.tasks import get_task
@@ -215,12 +306,14 @@ def test_severity_options_are_checked():
 
 # ---- the CLI end to end --------------------------------------------------------------------
 
+TINY_CNN = ["--epochs", "1", "--limit-train", "512", "--batch-size", "64", "--set",
+            "val_size=500", "--set", "model.channels=8", "--set", "model.hidden=16", "--quiet"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sev")
-    tiny = ["--epochs", "1", "--limit-train", "512", "--batch-size", "64", "--set",
-            "val_size=500", "--set", "model.channels=8", "--set", "model.hidden=16",
-            "--quiet", "--data-dir", data_dir]
+    tiny = [*TINY_CNN, "--data-dir", data_dir]
     out = {"plain": root / "plain", "soft": root / "soft", "ec": root / "ec"}
     cli("train", "--model", "cnn", "--out", out["plain"], *tiny)
     cli("train", "--model", "cnn", "--out", out["soft"], "--loss", "soft-labels", "--costs",
@@ -253,6 +346,19 @@ def test_severity_aware_training_and_evaluation(runs, data_dir, tmp_path):
     assert proc.returncode == 2 and "--decision applies to single-label runs" in proc.stderr
 
 
+def test_hxe_trains_through_the_cli(tmp_path, data_dir):
+    from cnnrnn.config import read_toml
+
+    run = tmp_path / "hxe"
+    cli("train", "--model", "cnn", "--out", run, "--loss", "hxe", "--costs", "hierarchy",
+        "--set", "single_label.alpha=0.3", *TINY_CNN, "--data-dir", data_dir)
+    written = read_toml(run / "config.toml")["single_label"]
+    assert (written["loss"], written["costs"], written["alpha"]) == ("hxe", "hierarchy", 0.3)
+    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and math.isfinite(history[0]["train_loss"])
+    assert "val_hdist@1" in history[0] and (run / "best.pt").is_file()
+
+
 def test_analyze_costs_and_compare(runs, tmp_path):
     for source, extra in (("hierarchy", []), ("embeddings", [runs["plain"]]),
                           ("confusion", [runs["plain"]])):
@@ -273,6 +379,36 @@ def test_analyze_costs_and_compare(runs, tmp_path):
     proc = cnnrnn("analyze", "costs", "confusion", OLD_BCE)
     assert proc.returncode == 2
     assert "the confusion source reads a finished single-label run" in proc.stderr
+
+
+def test_analyze_costs_of_a_cnn_rnn_are_the_cosine_distances_of_u_l(tmp_path, data_dir):
+    """The cost file HXE, soft labels and the expected cost train on, from a CNN-RNN run: the
+    cosine distances of the label rows of U_l (not END's or START's), scaled to a maximum of
+    1, computed here apart from cnnrnn.costs."""
+    from cnnrnn.config import load_config
+    from cnnrnn.encoders import prepare
+    from cnnrnn.evaluate import load_run
+    from cnnrnn.train import train
+
+    encoder = tmp_path / "vgg"
+    train(load_config("single-label", "vgg16", overrides={
+        "epochs": 1, "limit_train": 128, "val_size": 100, "model.width": 0.0625,
+        "batch_size": 64, "single_label.label_smoothing": 0.0}), encoder, data_dir=data_dir)
+    over = {"epochs": 1, "limit_train": 64, "batch_size": 32, "model.hidden_size": 8,
+            "model.embed_dim": 16, "multilabel.val_mosaics": 50, "multilabel.test_mosaics": 50,
+            "multilabel.beam_width": 1, "multilabel.encoder_checkpoint": str(encoder)}
+    run = tmp_path / "cnn-rnn"
+    train(prepare(load_config("multilabel", "cnn-rnn", overrides=over), explicit=over), run,
+          data_dir=data_dir)
+    cli("analyze", "costs", "embeddings", run, "--out", tmp_path / "u_l.csv")
+    _, _, model, _ = load_run(run)
+    assert model.U_l.shape[0] > 10  # END (and START) rows too: the cost file leaves them out
+    u = torch.nn.functional.normalize(model.U_l[:10].detach().double(), dim=1)
+    cosine = (1 - u @ u.T).clamp(min=0).fill_diagonal_(0)
+    expected = (cosine / cosine.max()).numpy()
+    assert np.allclose(read_costs(tmp_path / "u_l.csv"), expected, atol=2e-6)
+    source = json.loads((tmp_path / "u_l.json").read_text())["source"]
+    assert source.startswith("cosine distances of the label embeddings")
 
 
 def test_analyze_embeddings_writes_every_file_and_repeats(runs, tmp_path, data_dir):
