@@ -134,6 +134,52 @@ def test_mistake_severity_and_hdist_by_hand():
     assert right["mistake_severity"] is None
 
 
+def crm_hand_case() -> tuple[np.ndarray, np.ndarray]:
+    """True Shirt, Bag, Sandal. Sample 1 is confidently a T-shirt (a 0.5 mistake under both
+    decisions), sample 2 confidently right; sample 3 has p(Bag) .40, p(Sneaker) .32,
+    p(Sandal) .28: expected costs Bag .60, Sneaker .54, Sandal .56, so argmax says Bag (1.0)
+    and CRM says Sneaker (0.5)."""
+    y = np.array([IDX["Shirt"], IDX["Bag"], IDX["Sandal"]])
+    probs = np.zeros((3, 10))
+    probs[0, [IDX["T-shirt/top"], IDX["Shirt"]]] = [0.9, 0.1]
+    probs[1, [IDX["Bag"], IDX["Sandal"]]] = [0.9, 0.1]
+    probs[2, [IDX["Bag"], IDX["Sneaker"], IDX["Sandal"]]] = [0.40, 0.32, 0.28]
+    return y, probs
+
+
+def test_hdist_under_crm_ranks_by_expected_cost():
+    c = hierarchy_costs()
+    y, probs = crm_hand_case()
+    crm = (probs @ c).argmin(1)
+    assert [CLASSES[j] for j in crm] == ["T-shirt/top", "Bag", "Sneaker"]
+    m = severity_metrics(y, crm, probs, c, CLASSES, decision="crm")
+    assert m["hdist@1"] == pytest.approx(1 / 3, abs=1e-12)  # ranked by probability: 0.5
+    # CRM top 3 (expected cost, lowest first; ties to the lowest index):
+    # Shirt: T-shirt .05, Shirt .45, Pullover .50 -> costs .5, 0, .5
+    # Bag: Bag .10, Sandal .90, Sneaker .95 -> 0, 1, 1; Sandal: Sneaker, Sandal, Bag -> .5, 0, 1
+    assert m["hdist@3"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3, abs=1e-12)
+    per = m["per_class_severity"]
+    assert per["Shirt"]["hdist@1"] == pytest.approx(0.5) and per["Bag"]["hdist@1"] == 0.0
+    assert per["Sandal"]["hdist@1"] == pytest.approx(0.5)
+    assert per["Shirt"]["hdist@3"] == pytest.approx(1 / 3, abs=1e-12)
+    assert per["Bag"]["hdist@3"] == pytest.approx(2 / 3, abs=1e-12)
+    assert per["Sandal"]["hdist@3"] == pytest.approx(0.5, abs=1e-12)
+    # CRM top 5 of the Shirt: + Coat .50 (0.5), then Trouser 1.0 (1): 2.5 / 5
+    assert per["Shirt"]["hdist@5"] == pytest.approx(0.5, abs=1e-12)
+    # the expected cost the decision used gives the same ranking as recomputing it
+    same = severity_metrics(y, crm, probs, c, CLASSES, decision="crm", expected_cost=probs @ c)
+    assert same == m
+    # argmax ranks by probability: the Shirt's top 3 is T-shirt, Shirt, then Trouser (tie at 0)
+    arg = severity_metrics(y, probs.argmax(1), probs, c, CLASSES)
+    assert arg["hdist@1"] == pytest.approx(0.5, abs=1e-12)
+    assert arg["hdist@3"] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3, abs=1e-12)
+    assert arg["per_class_severity"]["Shirt"]["hdist@3"] == pytest.approx(0.5, abs=1e-12)
+    for decision, res, labels in (("crm", m, crm), ("argmax", arg, probs.argmax(1))):
+        error = np.mean(labels != y)
+        assert res["hdist@1"] == pytest.approx(error * res["mistake_severity"], abs=1e-6), \
+            decision
+
+
 def test_set_severity_by_hand():
     c = hierarchy_costs()
     k = {n: np.eye(10, dtype=np.uint8)[IDX[n]] for n in CLASSES}
@@ -243,6 +289,14 @@ def test_severity_aware_training_and_evaluation(runs, data_dir, tmp_path):
     crm = json.loads(cli("evaluate", runs["plain"], "--json", "--costs", "hierarchy",
                          "--decision", "crm", "--data-dir", data_dir))
     assert crm["decision"] == "crm" and crm["accuracy"] != plain["accuracy"]
+    for result in (plain, crm):  # hdist@1 is the cost of the class each decision predicted
+        assert result["hdist@1"] == pytest.approx(
+            (1 - result["accuracy"]) * result["mistake_severity"], abs=1e-6), result["decision"]
+        for name, acc in zip(CLASSES, result["per_class_accuracy"], strict=True):
+            sev = result["per_class_severity"][name]
+            assert sev["hdist@1"] == pytest.approx(
+                (1 - acc) * (sev["mistake_severity"] or 0.0), abs=1e-6), name
+        assert {"hdist@5", "ece"} <= set(result) and 0 <= result["ece"] <= 1
     np.save(tmp_path / "x.npy", np.zeros((3, 28, 28), np.uint8))
     pred = json.loads(cli("predict", runs["plain"], tmp_path / "x.npy", "--decision", "crm",
                           "--costs", "hierarchy"))
