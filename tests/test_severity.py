@@ -69,11 +69,47 @@ def test_embedding_and_confusion_costs_are_cost_matrices():
     v[IDX["Shirt"]] = v[IDX["T-shirt/top"]] + 0.01  # Shirt's embedding next to T-shirt's
     c = embedding_costs(v)
     assert c[IDX["Shirt"], IDX["T-shirt/top"]] < 0.05 and c[IDX["Shirt"], IDX["Bag"]] > 0.9
-    cm = np.diag(np.full(10, 90))
-    cm[IDX["Shirt"], IDX["T-shirt/top"]] = 10  # often confused: close
-    c = confusion_costs(cm)
+    v[IDX["Shirt"]] = v[IDX["T-shirt/top"]]  # identical vectors: floored, not free
+    c = embedding_costs(v)
+    assert c[IDX["Shirt"], IDX["T-shirt/top"]] == pytest.approx(0.01)
+    assert is_cost_matrix(c) and (c + np.eye(10) > 0).all()
+    c = confusion_costs(shirt_confusion())
     assert is_cost_matrix(c)
-    assert c[IDX["Shirt"], IDX["T-shirt/top"]] == 0.0 and c[IDX["Shirt"], IDX["Bag"]] == 1.0
+    # symmetrised rate (10/100 + 0) / 2 = .05; never confused: the floor 1 / (2 x 910); the
+    # cost is -log(rate) over -log(floor): more confused is cheaper, and never free
+    assert c[IDX["Shirt"], IDX["T-shirt/top"]] == pytest.approx(np.log(20) / np.log(1820))
+    assert c[IDX["Shirt"], IDX["Bag"]] == 1.0 and (c + np.eye(10) > 0).all()
+    # a pair confused every time both ways still costs more than 0
+    swapped = np.diag(np.full(10, 90))
+    swapped[0, 0] = swapped[1, 1] = 0
+    swapped[0, 1] = swapped[1, 0] = 90
+    assert confusion_costs(swapped)[0, 1] > 0
+
+
+def shirt_confusion() -> np.ndarray:
+    """90 right of 100 per class; 10 Shirts taken for T-shirts."""
+    cm = np.diag(np.full(10, 90))
+    cm[IDX["Shirt"], IDX["T-shirt/top"]] = 10
+    return cm
+
+
+def test_crm_weighs_the_probabilities_of_the_most_confused_pair(tmp_path):
+    """p(Shirt) .9, p(T-shirt) .05, p(Bag) .05 under the confusion costs: with the old
+    C[Shirt, T-shirt] = 0 both had expected cost .05 and the tie went to T-shirt."""
+    from cnnrnn.config import load_config
+    from cnnrnn.tasks import get_task
+
+    write_costs(tmp_path / "confusion.csv", confusion_costs(shirt_confusion()), "test")
+    cfg = load_config("single-label", "cnn", overrides={
+        "single_label.decision": "crm", "single_label.costs": str(tmp_path / "confusion.csv")})
+    p = torch.zeros(1, 10)
+    p[0, [IDX["Shirt"], IDX["T-shirt/top"], IDX["Bag"]]] = torch.tensor([0.9, 0.05, 0.05])
+
+    def model(x: torch.Tensor) -> torch.Tensor:  # logits whose softmax is p
+        return p.clamp(min=1e-30).log().expand(len(x), 10)
+
+    out = get_task("single-label").predict(model, torch.zeros(1, 1, 28, 28), cfg)
+    assert CLASSES[int(out["labels"][0])] == "Shirt"
 
 
 def test_cost_files_read_in_every_layout(tmp_path):
@@ -99,11 +135,16 @@ def test_bad_cost_files_are_one_line_errors(tmp_path, data_dir):
     np.savetxt(tmp_path / "asymmetric.csv", asym)
     diag = c + np.eye(10)
     np.savetxt(tmp_path / "diagonal.csv", diag)
+    free = c.copy()
+    free[IDX["Shirt"], IDX["T-shirt/top"]] = free[IDX["T-shirt/top"], IDX["Shirt"]] = 0
+    np.savetxt(tmp_path / "free.csv", free)
     cases = {"shape.csv": "has shape (9, 10); a cost matrix is (10, 10)",
              "negative.csv": "has a negative cost (-0.5 for true 'T-shirt/top', predicted "
                              "'Trouser')",
              "asymmetric.csv": "is not symmetric",
              "diagonal.csv": "non-zero diagonal",
+             "free.csv": "costs 0 for true 'T-shirt/top', predicted 'Shirt'; give every "
+                         "mistake a cost > 0, or CRM ignores the probabilities",
              "missing.csv": "not found; make one with `cnnrnn analyze costs`"}
     for name, message in cases.items():
         with pytest.raises(CnnrnnError, match=None) as e:
