@@ -240,6 +240,19 @@ def test_set_severity_by_hand():
                                              "unmatched_false_negatives": 0}
 
 
+def test_set_severity_matches_one_to_one():
+    """Truth Shirt + Coat, predicted T-shirt/top + Bag: two false negatives, two false
+    positives. One to one, the best matching is Shirt -> T-shirt (0.5) and Coat -> Bag (1.0),
+    or the mirror: 0.75. Matching each false negative to its cheapest false positive would put
+    both on T-shirt/top: 0.5."""
+    c = hierarchy_costs()
+    k = {n: np.eye(10, dtype=np.uint8)[IDX[n]] for n in CLASSES}
+    m = set_severity(np.stack([k["Shirt"] | k["Coat"]]),
+                     np.stack([k["T-shirt/top"] | k["Bag"]]), c)
+    assert m == {"swap_cost": 0.75, "swaps": 2, "unmatched_false_positives": 0,
+                 "unmatched_false_negatives": 0}
+
+
 # ---- severity-aware losses and decisions ---------------------------------------------------
 
 def test_soft_labels_sum_to_one_and_peak_at_the_true_class():
@@ -253,6 +266,21 @@ def test_soft_labels_sum_to_one_and_peak_at_the_true_class():
     y = torch.tensor([s, t, b, 0, 1])
     want = -(soft.targets[y] * logits.log_softmax(1)).sum(1).mean()
     assert torch.allclose(soft(logits, y), want)
+
+
+def test_soft_label_targets_are_exp_of_minus_beta_cost_normalised():
+    """target[y, j] = exp(-beta C[y, j]) / sum_l exp(-beta C[y, l]) for a cost matrix with many
+    distinct values and beta = 2.5 (softmax(-C / beta) differs)."""
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.1, 1.0, size=(10, 10))
+    c = (a + a.T) / 2
+    np.fill_diagonal(c, 0.0)
+    c = check_costs(c)
+    beta = 2.5
+    e = np.exp(-beta * c)  # (K, K)
+    want = e / e.sum(1, keepdims=True)
+    got = SoftLabels(torch.from_numpy(c), beta).targets.double().numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
 def test_expected_cost_adds_the_weighted_mean_cost():
@@ -368,6 +396,21 @@ def test_analyze_costs_and_compare(runs, tmp_path):
     proc = cnnrnn("analyze", "costs", "confusion", OLD_BCE)
     assert proc.returncode == 2
     assert "the confusion source reads a finished single-label run" in proc.stderr
+
+
+def test_compare_costs_ranks_the_off_diagonal_pairs_only():
+    """b = 2 - a off the diagonal reverses the order of the 45 pairs: rho = -1 exactly. Both
+    zero diagonals rank lowest together, so counting them would raise rho above -1."""
+    from cnnrnn.analysis.costs import compare_costs
+
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0.1, 1.0, size=(10, 10))
+    a = (a + a.T) / 2
+    np.fill_diagonal(a, 0.0)
+    b = 2.0 - a
+    np.fill_diagonal(b, 0.0)
+    rho = compare_costs({"a": check_costs(a), "b": check_costs(b)})["spearman"]["a vs b"]
+    assert rho == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_analyze_embeddings_writes_every_file_and_repeats(runs, tmp_path, data_dir):
