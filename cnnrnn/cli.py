@@ -241,7 +241,7 @@ def evaluate(
         "the run's tta_flip)")] = None,
     costs: Annotated[str | None, typer.Option(
         help="A class-cost matrix (CSV/JSON file, or 'hierarchy'): adds mistake severity and "
-        "hdist@1/3 (single-label) or the set severity (multilabel)")] = None,
+        "hdist@1/3/5 (single-label) or the set severity (multilabel)")] = None,
     prior: Annotated[str | None, typer.Option(
         help="multilabel runs: draw the validation/test mosaics under this label prior "
         "instead of the run's (e.g. independent for a run trained under outfits)")] = None,

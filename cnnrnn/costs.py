@@ -3,7 +3,8 @@
 A cost matrix is (10, 10), rows = true class, columns = predicted class, with a zero diagonal,
 symmetric, and scaled to a maximum of 1. cnnrnn makes them from learned label embeddings
 (the CNN-RNN's rows of U_l, or a classifier's last linear layer), from a validation confusion
-matrix (classes confused often are close) and from the clothing hierarchy; it reads them from
+matrix (classes confused often are close) and from the clothing hierarchy (every mistake
+costing more than 0: see check_costs); it reads them from
 CSV (with or without the class-name header row and column, so `numpy.savetxt` output works)
 or from the JSON it writes.
 """
@@ -36,8 +37,15 @@ HIERARCHY: dict[str, tuple[str, ...]] = {
 
 def check_costs(costs: np.ndarray, where: str = "cost matrix", scale: bool = True
                 ) -> np.ndarray:
-    """A valid cost matrix: (10, 10), finite, non-negative, symmetric, zero diagonal; scaled to
-    a maximum of 1 when `scale` (a hand-written matrix may use any unit)."""
+    """A valid cost matrix: (10, 10), finite, non-negative, symmetric, zero diagonal and every
+    off-diagonal cost > 0; scaled to a maximum of 1 when `scale` (a hand-written matrix may use
+    any unit).
+
+    A zero off-diagonal cost is refused (CnnrnnError), for every matrix alike: cnnrnn's own
+    (hierarchy, embeddings, confusion), files cnnrnn wrote, and a user's CSV or JSON. With
+    C[a, b] = 0, CRM's expected cost of predicting a or b no longer depends on p(a) and p(b),
+    so it picks between the two ignoring their probabilities (p(a) = .9 can lose to b).
+    """
     c = np.asarray(costs, dtype=np.float64)
     if c.shape != (K, K):
         raise CnnrnnError(f"{where} has shape {c.shape}; a cost matrix is ({K}, {K}): rows = "
@@ -59,13 +67,33 @@ def check_costs(costs: np.ndarray, where: str = "cost matrix", scale: bool = Tru
         if top <= 0:
             raise CnnrnnError(f"{where} is all zeros; give some mistakes a cost")
         c = c / top
+    zero = (c == 0) & ~np.eye(K, dtype=bool)
+    if zero.any():
+        i, j = np.argwhere(zero)[0]
+        raise CnnrnnError(f"{where} costs 0 for true {CLASSES[i]!r}, predicted {CLASSES[j]!r}; "
+                          "give every mistake a cost > 0, or CRM ignores the probabilities "
+                          "of the two classes")
     return c
 
 
+# The least cost of a mistake in an embedding distance matrix, as a fraction of the largest
+# distance: two classes with identical (or nearly identical) vectors would otherwise cost 0 or
+# next to it, and CRM would pick between them ignoring their probabilities.
+EMBEDDING_FLOOR = 0.01
+
+
 def _scaled_distances(d: np.ndarray) -> np.ndarray:
+    """Distances (K, K) -> a cost matrix: symmetric, zero diagonal, max 1, every off-diagonal
+    cost at least EMBEDDING_FLOOR."""
     d = (d + d.T) / 2  # exactly symmetric
     np.fill_diagonal(d, 0.0)
-    return check_costs(np.maximum(d, 0.0), "distance matrix")
+    top = d.max()
+    if top <= 0:
+        raise CnnrnnError("all class embeddings are the same vector; their distances give no "
+                          "cost matrix (train the model, or use another source)")
+    d = np.maximum(d / top, EMBEDDING_FLOOR)
+    np.fill_diagonal(d, 0.0)
+    return check_costs(d, "distance matrix")
 
 
 def hierarchy_costs() -> np.ndarray:
@@ -90,18 +118,26 @@ def embedding_costs(vectors: np.ndarray, metric: str = "cosine") -> np.ndarray:
 
 
 def confusion_costs(confusion: np.ndarray) -> np.ndarray:
-    """From a confusion matrix (counts, rows = true): the row-normalised confusion rates,
-    symmetrised, say how close two classes are; cost = 1 - rate / the largest rate, so the
-    most confused pair costs 0+ and pairs never confused cost 1."""
+    """From a confusion matrix (counts, rows = true): cost = -log of the row-normalised
+    confusion rate, symmetrised, (r[i, j] + r[j, i]) / 2, scaled to a maximum of 1. More
+    confused is cheaper, and every mistake costs > 0.
+
+    The rate is clipped to [1 / (2 N), 1 - 1 / (2 N)], N the number of samples counted: the
+    floor is no higher than any rate observed (a single confusion in a row of n <= N samples
+    gives a symmetrised rate of at least 1 / (2 n)), so pairs never confused cost the most (1)
+    and the log stays finite; the ceiling keeps the cost of a pair confused every time above
+    0. (The former cost, 1 - rate / the largest rate, gave the most confused pair exactly 0.)
+    """
     cm = np.asarray(confusion, dtype=np.float64)
     if cm.shape != (K, K) or (cm < 0).any():
         raise CnnrnnError(f"confusion matrix has shape {cm.shape}; expected ({K}, {K}) counts")
+    if cm.sum() <= 0:
+        raise CnnrnnError("confusion matrix is all zeros; it counts no sample")
     rows = cm.sum(1, keepdims=True)
     rate = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    sym = (rate + rate.T) / 2
-    np.fill_diagonal(sym, 0.0)
-    top = sym.max()
-    cost = 1.0 - sym / top if top > 0 else np.ones_like(sym)
+    eps = 1.0 / (2.0 * cm.sum())
+    sym = np.clip((rate + rate.T) / 2, eps, 1.0 - eps)
+    cost = -np.log(sym)  # > 0 everywhere
     np.fill_diagonal(cost, 0.0)
     return check_costs(cost, "confusion costs")
 

@@ -13,6 +13,7 @@ from cnnrnn.errors import CnnrnnError
 from cnnrnn.metrics.multilabel import average_precision_per_label, multilabel_metrics
 from cnnrnn.metrics.single_label import (
     confusion_matrix,
+    expected_calibration_error,
     hierarchical_distance_at_k,
     mistake_severity,
     normalized_confusion,
@@ -295,6 +296,24 @@ def test_hierarchical_distance_at_k_hand_and_loop_reference():
     assert hierarchical_distance_at_k(y_true, probs, d, 1) == pytest.approx(
         error * mistake_severity(y_true, top1, d)
     )
+
+
+def test_expected_calibration_error_by_hand():
+    """15 equal-width bins of the top probability: .95 (twice), .62 and .68 fall in bins 14, 9
+    and 10; with 10 bins .62 and .68 would share one and the value would differ."""
+    probs = np.array([[0.95, 0.05, 0.0], [0.95, 0.05, 0.0], [0.62, 0.38, 0.0],
+                      [0.68, 0.32, 0.0]])
+    y_true = np.array([0, 1, 0, 1])  # right, wrong, right, wrong
+    # bin 14: 2 samples, accuracy 1/2, confidence .95; bin 9: right at .62; bin 10: wrong at .68
+    by_hand = (2 * abs(0.5 - 0.95) + abs(1 - 0.62) + abs(0 - 0.68)) / 4
+    assert by_hand == pytest.approx(0.49)
+    assert expected_calibration_error(y_true, probs) == pytest.approx(by_hand, abs=1e-12)
+    m = single_label_metrics(y_true, probs.argmax(1), 3, probs=probs)
+    assert m["ece"] == pytest.approx(0.49, abs=1e-12)
+    assert "ece" not in single_label_metrics(y_true, probs.argmax(1), 3)  # no probs: no ECE
+    # perfectly calibrated: confidence .75 and three right of four in the one bin
+    even = np.tile([0.75, 0.25], (4, 1))
+    assert expected_calibration_error([0, 0, 0, 1], even) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize(

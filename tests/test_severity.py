@@ -72,11 +72,47 @@ def test_embedding_and_confusion_costs_are_cost_matrices():
     v[IDX["Shirt"]] = v[IDX["T-shirt/top"]] + 0.01  # Shirt's embedding next to T-shirt's
     c = embedding_costs(v)
     assert c[IDX["Shirt"], IDX["T-shirt/top"]] < 0.05 and c[IDX["Shirt"], IDX["Bag"]] > 0.9
-    cm = np.diag(np.full(10, 90))
-    cm[IDX["Shirt"], IDX["T-shirt/top"]] = 10  # often confused: close
-    c = confusion_costs(cm)
+    v[IDX["Shirt"]] = v[IDX["T-shirt/top"]]  # identical vectors: floored, not free
+    c = embedding_costs(v)
+    assert c[IDX["Shirt"], IDX["T-shirt/top"]] == pytest.approx(0.01)
+    assert is_cost_matrix(c) and (c + np.eye(10) > 0).all()
+    c = confusion_costs(shirt_confusion())
     assert is_cost_matrix(c)
-    assert c[IDX["Shirt"], IDX["T-shirt/top"]] == 0.0 and c[IDX["Shirt"], IDX["Bag"]] == 1.0
+    # symmetrised rate (10/100 + 0) / 2 = .05; never confused: the floor 1 / (2 x 910); the
+    # cost is -log(rate) over -log(floor): more confused is cheaper, and never free
+    assert c[IDX["Shirt"], IDX["T-shirt/top"]] == pytest.approx(np.log(20) / np.log(1820))
+    assert c[IDX["Shirt"], IDX["Bag"]] == 1.0 and (c + np.eye(10) > 0).all()
+    # a pair confused every time both ways still costs more than 0
+    swapped = np.diag(np.full(10, 90))
+    swapped[0, 0] = swapped[1, 1] = 0
+    swapped[0, 1] = swapped[1, 0] = 90
+    assert confusion_costs(swapped)[0, 1] > 0
+
+
+def shirt_confusion() -> np.ndarray:
+    """90 right of 100 per class; 10 Shirts taken for T-shirts."""
+    cm = np.diag(np.full(10, 90))
+    cm[IDX["Shirt"], IDX["T-shirt/top"]] = 10
+    return cm
+
+
+def test_crm_weighs_the_probabilities_of_the_most_confused_pair(tmp_path):
+    """p(Shirt) .9, p(T-shirt) .05, p(Bag) .05 under the confusion costs: with the old
+    C[Shirt, T-shirt] = 0 both had expected cost .05 and the tie went to T-shirt."""
+    from cnnrnn.config import load_config
+    from cnnrnn.tasks import get_task
+
+    write_costs(tmp_path / "confusion.csv", confusion_costs(shirt_confusion()), "test")
+    cfg = load_config("single-label", "cnn", overrides={
+        "single_label.decision": "crm", "single_label.costs": str(tmp_path / "confusion.csv")})
+    p = torch.zeros(1, 10)
+    p[0, [IDX["Shirt"], IDX["T-shirt/top"], IDX["Bag"]]] = torch.tensor([0.9, 0.05, 0.05])
+
+    def model(x: torch.Tensor) -> torch.Tensor:  # logits whose softmax is p
+        return p.clamp(min=1e-30).log().expand(len(x), 10)
+
+    out = get_task("single-label").predict(model, torch.zeros(1, 1, 28, 28), cfg)
+    assert CLASSES[int(out["labels"][0])] == "Shirt"
 
 
 def test_cost_files_read_in_every_layout(tmp_path):
@@ -102,11 +138,16 @@ def test_bad_cost_files_are_one_line_errors(tmp_path, data_dir):
     np.savetxt(tmp_path / "asymmetric.csv", asym)
     diag = c + np.eye(10)
     np.savetxt(tmp_path / "diagonal.csv", diag)
+    free = c.copy()
+    free[IDX["Shirt"], IDX["T-shirt/top"]] = free[IDX["T-shirt/top"], IDX["Shirt"]] = 0
+    np.savetxt(tmp_path / "free.csv", free)
     cases = {"shape.csv": "has shape (9, 10); a cost matrix is (10, 10)",
              "negative.csv": "has a negative cost (-0.5 for true 'T-shirt/top', predicted "
                              "'Trouser')",
              "asymmetric.csv": "is not symmetric",
              "diagonal.csv": "non-zero diagonal",
+             "free.csv": "costs 0 for true 'T-shirt/top', predicted 'Shirt'; give every "
+                         "mistake a cost > 0, or CRM ignores the probabilities",
              "missing.csv": "not found; make one with `cnnrnn analyze costs`"}
     for name, message in cases.items():
         with pytest.raises(CnnrnnError, match=None) as e:
@@ -137,6 +178,52 @@ def test_mistake_severity_and_hdist_by_hand():
     assert right["mistake_severity"] is None
 
 
+def crm_hand_case() -> tuple[np.ndarray, np.ndarray]:
+    """True Shirt, Bag, Sandal. Sample 1 is confidently a T-shirt (a 0.5 mistake under both
+    decisions), sample 2 confidently right; sample 3 has p(Bag) .40, p(Sneaker) .32,
+    p(Sandal) .28: expected costs Bag .60, Sneaker .54, Sandal .56, so argmax says Bag (1.0)
+    and CRM says Sneaker (0.5)."""
+    y = np.array([IDX["Shirt"], IDX["Bag"], IDX["Sandal"]])
+    probs = np.zeros((3, 10))
+    probs[0, [IDX["T-shirt/top"], IDX["Shirt"]]] = [0.9, 0.1]
+    probs[1, [IDX["Bag"], IDX["Sandal"]]] = [0.9, 0.1]
+    probs[2, [IDX["Bag"], IDX["Sneaker"], IDX["Sandal"]]] = [0.40, 0.32, 0.28]
+    return y, probs
+
+
+def test_hdist_under_crm_ranks_by_expected_cost():
+    c = hierarchy_costs()
+    y, probs = crm_hand_case()
+    crm = (probs @ c).argmin(1)
+    assert [CLASSES[j] for j in crm] == ["T-shirt/top", "Bag", "Sneaker"]
+    m = severity_metrics(y, crm, probs, c, CLASSES, decision="crm")
+    assert m["hdist@1"] == pytest.approx(1 / 3, abs=1e-12)  # ranked by probability: 0.5
+    # CRM top 3 (expected cost, lowest first; ties to the lowest index):
+    # Shirt: T-shirt .05, Shirt .45, Pullover .50 -> costs .5, 0, .5
+    # Bag: Bag .10, Sandal .90, Sneaker .95 -> 0, 1, 1; Sandal: Sneaker, Sandal, Bag -> .5, 0, 1
+    assert m["hdist@3"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3, abs=1e-12)
+    per = m["per_class_severity"]
+    assert per["Shirt"]["hdist@1"] == pytest.approx(0.5) and per["Bag"]["hdist@1"] == 0.0
+    assert per["Sandal"]["hdist@1"] == pytest.approx(0.5)
+    assert per["Shirt"]["hdist@3"] == pytest.approx(1 / 3, abs=1e-12)
+    assert per["Bag"]["hdist@3"] == pytest.approx(2 / 3, abs=1e-12)
+    assert per["Sandal"]["hdist@3"] == pytest.approx(0.5, abs=1e-12)
+    # CRM top 5 of the Shirt: + Coat .50 (0.5), then Trouser 1.0 (1): 2.5 / 5
+    assert per["Shirt"]["hdist@5"] == pytest.approx(0.5, abs=1e-12)
+    # the expected cost the decision used gives the same ranking as recomputing it
+    same = severity_metrics(y, crm, probs, c, CLASSES, decision="crm", expected_cost=probs @ c)
+    assert same == m
+    # argmax ranks by probability: the Shirt's top 3 is T-shirt, Shirt, then Trouser (tie at 0)
+    arg = severity_metrics(y, probs.argmax(1), probs, c, CLASSES)
+    assert arg["hdist@1"] == pytest.approx(0.5, abs=1e-12)
+    assert arg["hdist@3"] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3, abs=1e-12)
+    assert arg["per_class_severity"]["Shirt"]["hdist@3"] == pytest.approx(0.5, abs=1e-12)
+    for decision, res, labels in (("crm", m, crm), ("argmax", arg, probs.argmax(1))):
+        error = np.mean(labels != y)
+        assert res["hdist@1"] == pytest.approx(error * res["mistake_severity"], abs=1e-6), \
+            decision
+
+
 def test_set_severity_by_hand():
     c = hierarchy_costs()
     k = {n: np.eye(10, dtype=np.uint8)[IDX[n]] for n in CLASSES}
@@ -156,6 +243,19 @@ def test_set_severity_by_hand():
                                              "unmatched_false_negatives": 0}
 
 
+def test_set_severity_matches_one_to_one():
+    """Truth Shirt + Coat, predicted T-shirt/top + Bag: two false negatives, two false
+    positives. One to one, the best matching is Shirt -> T-shirt (0.5) and Coat -> Bag (1.0),
+    or the mirror: 0.75. Matching each false negative to its cheapest false positive would put
+    both on T-shirt/top: 0.5."""
+    c = hierarchy_costs()
+    k = {n: np.eye(10, dtype=np.uint8)[IDX[n]] for n in CLASSES}
+    m = set_severity(np.stack([k["Shirt"] | k["Coat"]]),
+                     np.stack([k["T-shirt/top"] | k["Bag"]]), c)
+    assert m == {"swap_cost": 0.75, "swaps": 2, "unmatched_false_positives": 0,
+                 "unmatched_false_negatives": 0}
+
+
 # ---- severity-aware losses and decisions ---------------------------------------------------
 
 def test_soft_labels_sum_to_one_and_peak_at_the_true_class():
@@ -169,6 +269,21 @@ def test_soft_labels_sum_to_one_and_peak_at_the_true_class():
     y = torch.tensor([s, t, b, 0, 1])
     want = -(soft.targets[y] * logits.log_softmax(1)).sum(1).mean()
     assert torch.allclose(soft(logits, y), want)
+
+
+def test_soft_label_targets_are_exp_of_minus_beta_cost_normalised():
+    """target[y, j] = exp(-beta C[y, j]) / sum_l exp(-beta C[y, l]) for a cost matrix with many
+    distinct values and beta = 2.5 (softmax(-C / beta) differs)."""
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.1, 1.0, size=(10, 10))
+    c = (a + a.T) / 2
+    np.fill_diagonal(c, 0.0)
+    c = check_costs(c)
+    beta = 2.5
+    e = np.exp(-beta * c)  # (K, K)
+    want = e / e.sum(1, keepdims=True)
+    got = SoftLabels(torch.from_numpy(c), beta).targets.double().numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
 def test_expected_cost_adds_the_weighted_mean_cost():
@@ -336,6 +451,14 @@ def test_severity_aware_training_and_evaluation(runs, data_dir, tmp_path):
     crm = json.loads(cli("evaluate", runs["plain"], "--json", "--costs", "hierarchy",
                          "--decision", "crm", "--data-dir", data_dir))
     assert crm["decision"] == "crm" and crm["accuracy"] != plain["accuracy"]
+    for result in (plain, crm):  # hdist@1 is the cost of the class each decision predicted
+        assert result["hdist@1"] == pytest.approx(
+            (1 - result["accuracy"]) * result["mistake_severity"], abs=1e-6), result["decision"]
+        for name, acc in zip(CLASSES, result["per_class_accuracy"], strict=True):
+            sev = result["per_class_severity"][name]
+            assert sev["hdist@1"] == pytest.approx(
+                (1 - acc) * (sev["mistake_severity"] or 0.0), abs=1e-6), name
+        assert {"hdist@5", "ece"} <= set(result) and 0 <= result["ece"] <= 1
     np.save(tmp_path / "x.npy", np.zeros((3, 28, 28), np.uint8))
     pred = json.loads(cli("predict", runs["plain"], tmp_path / "x.npy", "--decision", "crm",
                           "--costs", "hierarchy"))
@@ -409,6 +532,20 @@ def test_analyze_costs_of_a_cnn_rnn_are_the_cosine_distances_of_u_l(tmp_path, da
     assert np.allclose(read_costs(tmp_path / "u_l.csv"), expected, atol=2e-6)
     source = json.loads((tmp_path / "u_l.json").read_text())["source"]
     assert source.startswith("cosine distances of the label embeddings")
+
+def test_compare_costs_ranks_the_off_diagonal_pairs_only():
+    """b = 2 - a off the diagonal reverses the order of the 45 pairs: rho = -1 exactly. Both
+    zero diagonals rank lowest together, so counting them would raise rho above -1."""
+    from cnnrnn.analysis.costs import compare_costs
+
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0.1, 1.0, size=(10, 10))
+    a = (a + a.T) / 2
+    np.fill_diagonal(a, 0.0)
+    b = 2.0 - a
+    np.fill_diagonal(b, 0.0)
+    rho = compare_costs({"a": check_costs(a), "b": check_costs(b)})["spearman"]["a vs b"]
+    assert rho == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_analyze_embeddings_writes_every_file_and_repeats(runs, tmp_path, data_dir):

@@ -5,8 +5,12 @@ docs/metrics.md): with a class distance d (K, K), d[i, j] the cost of predicting
 class i,
 - average mistake severity = mean of d[y, y_hat] over the misclassified samples only;
 - average hierarchical distance@k = mean over all samples of the mean of d[y, j] over the k
-  classes j with the highest predicted probability (the correct class, if among them, counts
-  with d[y, y], normally 0).
+  classes j ranked first by the decision rule (the correct class, if among them, counts
+  with d[y, y], normally 0): the highest probability under argmax, the least expected cost
+  sum_i p_i d[i, j] under CRM (Karthik et al., ICLR 2021), so hdist@1 is always the cost of
+  the class actually predicted.
+Expected calibration error (Guo et al., ICML 2017): 15 equal-width bins of the top
+probability; see expected_calibration_error.
 
 Undefined cases: the accuracy of a class with no sample in y_true is None (JSON null), not 0,
 because nothing was measured; the mistake severity of a set with no mistakes is NaN.
@@ -73,6 +77,7 @@ def single_label_metrics(
     y_pred: Any,
     num_classes: int = 10,
     class_names: Sequence[str] | None = None,
+    probs: Any = None,
 ) -> dict[str, Any]:
     """Accuracy, per-class accuracy and confusion matrix, as a JSON-serialisable dict.
 
@@ -80,6 +85,7 @@ def single_label_metrics(
     Returns "classes" (K names, default "0" .. "K-1"), "accuracy" (float in [0, 1]),
     "per_class_accuracy" (K floats: the recall of each class, None for a class with no sample
     in y_true) and "confusion_matrix" (K x K ints, row = true, column = predicted).
+    With probs (N, K) probabilities, also "ece" (expected_calibration_error).
     """
     names = [str(k) for k in range(num_classes)] if class_names is None else list(class_names)
     if len(names) != num_classes:
@@ -89,7 +95,7 @@ def single_label_metrics(
     cm = confusion_matrix(y_true, y_pred, num_classes)  # (K, K)
     support = cm.sum(axis=1)  # (K,)
     correct = np.diag(cm)  # (K,)
-    return {
+    out = {
         "classes": names,
         "accuracy": float(correct.sum() / cm.sum()),
         "per_class_accuracy": [
@@ -97,6 +103,41 @@ def single_label_metrics(
         ],
         "confusion_matrix": cm.tolist(),
     }
+    if probs is not None:
+        out["ece"] = expected_calibration_error(y_true, probs)
+    return out
+
+
+ECE_BINS = 15  # Guo et al. 2017 and most papers since; comparable numbers need the same bins
+
+
+def expected_calibration_error(y_true: Any, probs: Any, bins: int = ECE_BINS) -> float:
+    """sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)| (Guo et al., ICML 2017).
+
+    y_true: (N,) class indices; probs: (N, K) probabilities. The confidence of a sample is its
+    top probability and it counts as right when that class is y_true (the argmax, whatever
+    decision rule picks the reported label: ECE is a property of the probabilities). Bin b of
+    `bins` equal-width bins holds the confidences in ((b - 1) / bins, b / bins]; empty bins
+    add nothing.
+    """
+    p = as_array(probs, "probs").astype(np.float64)
+    if p.ndim != 2 or not np.isfinite(p).all():
+        raise CnnrnnError(f"probs has shape {p.shape}; pass finite (N, K) probabilities")
+    t = _class_indices(y_true, "y_true", p.shape[1])  # (N,)
+    if len(t) != len(p):
+        raise CnnrnnError(f"y_true has {len(t)} samples but probs has {len(p)}; pass one row "
+                          "of probabilities per sample")
+    confidence = p.max(1)  # (N,)
+    right = p.argmax(1) == t  # (N,)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # side="left": a confidence on an edge goes to the bin below, as the (lo, hi] bins say
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # (N,)
+    gap = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap += inside.sum() * abs(right[inside].mean() - confidence[inside].mean())
+    return float(gap / len(t))
 
 
 def _distance_matrix(distance: Any) -> np.ndarray:
@@ -120,12 +161,18 @@ def mistake_severity(y_true: Any, y_pred: Any, distance: Any) -> float:
     return float(d[t[wrong], p[wrong]].mean()) if wrong.any() else float("nan")
 
 
-def hierarchical_distance_at_k(y_true: Any, probs: Any, distance: Any, k: int) -> float:
+DECISIONS = ("argmax", "crm")
+
+
+def hierarchical_distance_at_k(y_true: Any, probs: Any, distance: Any, k: int,
+                               decision: str = "argmax") -> float:
     """Mean over all samples of the mean distance[y_true, j] over the top-k classes j.
 
-    y_true: (N,) class indices; probs: (N, K) scores, higher = more likely (probabilities or
-    logits); distance: (K, K), row = true class; k in [1, K]. Equal scores are ranked by class
-    index, lowest first.
+    y_true: (N,) class indices; probs: (N, K) scores, higher = more likely; distance: (K, K),
+    row = true class; k in [1, K]. The top k are those the decision rule ranks first:
+    "argmax" ranks by score, highest first (probabilities or logits); "crm" by the expected
+    cost probs @ distance, lowest first (probs must then be probabilities), as Karthik et al.'s
+    reference does: the top 1 is then the CRM prediction. Ties go to the lowest class index.
     """
     d = _distance_matrix(distance)
     num_classes = len(d)
@@ -139,5 +186,9 @@ def hierarchical_distance_at_k(y_true: Any, probs: Any, distance: Any, k: int) -
         raise CnnrnnError("probs contain NaN; check the model outputs before evaluating")
     if not 1 <= k <= num_classes:
         raise CnnrnnError(f"k is {k}; pass k between 1 and the number of classes, {num_classes}")
-    top_k = np.argsort(-s, axis=1, kind="stable")[:, :k]  # (N, k)
+    if decision not in DECISIONS:
+        raise CnnrnnError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
+    # rank by "goodness", highest first: the score, or minus the expected cost of each choice
+    goodness = s if decision == "argmax" else -(s @ d)  # (N, K)
+    top_k = np.argsort(-goodness, axis=1, kind="stable")[:, :k]  # (N, k)
     return float(d[t[:, None], top_k].mean())

@@ -36,7 +36,7 @@ class SingleLabel(Task):
     primary = "accuracy"
     metric_label = "val acc"
     image_size = 28
-    summary_keys = ("accuracy", "mistake_severity", "hdist@1", "hdist@3")
+    summary_keys = ("accuracy", "ece", "mistake_severity", "hdist@1", "hdist@3", "hdist@5")
     eval_options = {"tta_flip": EvalOption("single_label.tta_flip", "--tta"),
                     "decision": EvalOption("single_label.decision", "--decision"),
                     "costs": EvalOption("single_label.costs", "--costs")}
@@ -76,22 +76,24 @@ class SingleLabel(Task):
         probs = logits.softmax(1)
         if cfg.single_label.decision == "crm":
             # conditional risk minimisation (Karthik et al. 2021): the least expected cost
-            # argmin_j sum_i p_i C[i, j]
-            labels = (probs @ cost_tensor(cfg.single_label.costs).to(probs.device)).argmin(1)
-        else:
-            labels = logits.argmax(1)
-        return {"logits": logits, "probs": probs, "labels": labels}
+            # argmin_j sum_i p_i C[i, j]; the metrics rank by the same costs (hdist@k)
+            expected = probs @ cost_tensor(cfg.single_label.costs).to(probs.device)  # (B, 10)
+            return {"logits": logits, "probs": probs, "labels": expected.argmin(1),
+                    "expected_cost": expected}
+        return {"logits": logits, "probs": probs, "labels": logits.argmax(1)}
 
     def metrics(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
                 cfg: TrainConfig) -> dict[str, Any]:
         m = single_label_metrics(targets.numpy(), outputs["labels"].numpy(), len(CLASSES),
-                                 list(CLASSES))
+                                 list(CLASSES), outputs["probs"].numpy())
         m["loss"] = float(F.cross_entropy(outputs["logits"], targets))
         if cfg.single_label.costs:
+            expected = outputs.get("expected_cost")
             m.update(severity_metrics(targets.numpy(), outputs["labels"].numpy(),
                                       outputs["probs"].numpy(),
                                       cost_tensor(cfg.single_label.costs).numpy(),
-                                      list(CLASSES)))
+                                      list(CLASSES), cfg.single_label.decision,
+                                      None if expected is None else expected.numpy()))
             m["costs"] = cfg.single_label.costs
         return m
 
