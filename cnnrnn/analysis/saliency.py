@@ -34,6 +34,14 @@ a peak in a uniformly random cell, i.e. (cells holding the class) / cells, avera
 scored labels. `peak_on_item` is the share of peaks on any item, against `occupied_share`
 (items per mosaic / cells over the scored labels' mosaics; `items_per_mosaic_over_cells` is
 the same over all the mosaics).
+
+That chance counts empty cells, which a map that finds any item never peaks on. Beside each
+score: `nonempty_chance`, a peak on a uniformly random item ((cells holding the class) /
+(non-empty cells), averaged); `label_agnostic`, the method's score with one map per mosaic for
+all its labels (the mean of its step maps); `randomised_weights`, the method on a copy of the
+model with re-initialised weights (Adebayo et al., NeurIPS 2018) explaining the trained model's
+labels; `multi_item`, the scores on mosaics of 2 or more items (one-item mosaics score 1 for
+any map that finds the item; `one_item_share` says how many scored labels sit in them).
 """
 
 from __future__ import annotations
