@@ -555,7 +555,8 @@ def analyze_saliency(
     data_dir: DataDir = None,
 ) -> None:
     """Saliency maps of each emitted label (Grad-CAM, input gradients) and how often their peak
-    cell holds that class, against chance; a figure and saliency.json."""
+    cell holds that class, against chance (a random item's cell), the same map for every label
+    and a randomised-weights copy of the model; a figure and saliency.json."""
     from cnnrnn.analysis.saliency import analyze_saliency as analyze
     from cnnrnn.analysis.saliency import markdown
     from cnnrnn.data.fashion_mnist import load_fashion_mnist

@@ -34,11 +34,20 @@ a peak in a uniformly random cell, i.e. (cells holding the class) / cells, avera
 scored labels. `peak_on_item` is the share of peaks on any item, against `occupied_share`
 (items per mosaic / cells over the scored labels' mosaics; `items_per_mosaic_over_cells` is
 the same over all the mosaics).
+
+That chance counts empty cells, which a map that finds any item never peaks on. Beside each
+score: `nonempty_chance`, a peak on a uniformly random item ((cells holding the class) /
+(non-empty cells), averaged); `label_agnostic`, the method's score with one map per mosaic for
+all its labels (the mean of its step maps); `randomised_weights`, the method on a copy of the
+model with re-initialised weights (Adebayo et al., NeurIPS 2018) explaining the trained model's
+labels; `multi_item`, the scores on mosaics of 2 or more items (one-item mosaics score 1 for
+any map that finds the item; `one_item_share` says how many scored labels sit in them).
 """
 
 from __future__ import annotations
 
 import json
+from copy import deepcopy as copy_module
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +72,7 @@ METHODS = ("gradcam", "input-gradients", "hirescam")
 ATTENTION = "attention"  # the attention decoder's own weights, where the model has them
 TARGETS = ("score", "log-prob")
 BATCH = 100  # mosaics per forward and backward pass
+RANDOM_SEED = 0  # the randomised-weights baseline's weights
 
 
 # ---- the maps --------------------------------------------------------------------------------
@@ -155,34 +165,67 @@ def emitted_path(model: CNNRNN, features: Tensor, beam_width: int) -> tuple[Tens
     is_label = (path >= 0) & (path < K)  # the labels come first, then END, then -1
     T = max(1, int(is_label.sum(1).max()))
     labels = torch.where(is_label, path, -1)[:, :T]
+    return labels, teacher_inputs(model, labels)
+
+
+def teacher_inputs(model: CNNRNN, labels: Tensor) -> Tensor:
+    """The teacher-forcing inputs (B, T) that re-run the labels (B, T) (-1 after the last):
+    START, then the labels shifted by one (END in the slots after the last label)."""
     prev = labels[:, :-1].masked_fill(labels[:, :-1] < 0, model.END)
     start = torch.full_like(labels[:, :1], model.START)
-    return labels, torch.cat([start, prev], dim=1)
+    return torch.cat([start, prev], dim=1)
 
 
-def cnn_rnn_saliency(model: CNNRNN, x: Tensor, beam_width: int, target: str = "score"
-                     ) -> Saliency:
-    """Maps for each decoding step of the best beam path: x (B, 1, S, S) normalised input."""
+def cnn_rnn_saliency(model: CNNRNN, x: Tensor, beam_width: int, target: str = "score",
+                     labels: Tensor | None = None) -> Saliency:
+    """Maps for each decoding step of the best beam path: x (B, 1, S, S) normalised input.
+
+    With `labels` (B, T) (-1 after the last) the steps re-run those labels instead of the
+    model's own path: another model's path, for the randomised-weights baseline."""
     if target not in TARGETS:
         raise CnnrnnError(f"unknown saliency target {target!r}; use score or log-prob")
 
     weights: list[Tensor] = []
 
     def head(features: Tensor) -> tuple[Tensor, Tensor]:
-        labels, inputs = emitted_path(model, features, beam_width)
+        if labels is None:
+            path, inputs = emitted_path(model, features, beam_width)
+        else:
+            path, inputs = labels.to(features.device), teacher_inputs(model, labels).to(
+                features.device)
         if model.decoder == "attention":
             weights.append(model.attention_weights(features, inputs).detach())  # (B, T, G)
         if target == "log-prob":
             out = model.sequence_log_probs(features, inputs)  # (B, T, K+1)
         else:
             out = step_scores(model, features, inputs)
-        return labels, out.gather(2, labels.clamp(min=0)[..., None])[..., 0]
+        return path, out.gather(2, path.clamp(min=0)[..., None])[..., 0]
 
     sal = _explain(model.encoder, x, head)
     if weights:
         sal.maps[ATTENTION] = attention_maps(weights[0], x.shape[-1]) * (sal.labels >= 0)[
             ..., None, None]
     return sal
+
+
+def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of the model with every weight re-initialised (the "model randomisation" sanity
+    check of Adebayo et al., NeurIPS 2018): each module's own `reset_parameters` (batch-norm
+    statistics too), seeded; parameters a module holds without one (the CNN-RNN's U_l) are
+    redrawn as U_l is made, N(0, 1/E). Buffers that are not weights (label order, threshold,
+    input normalisation) are kept."""
+    device = next(model.parameters()).device
+    copy = copy_module(model).cpu().eval()  # drawn on the CPU: the same weights on any device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in copy.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+                continue
+            with torch.no_grad():
+                for p in module.parameters(recurse=False):
+                    p.normal_(0.0, p.shape[-1] ** -0.5)
+    return copy.to(device)
 
 
 def attention_maps(weights: Tensor, size: int) -> Tensor:
@@ -194,17 +237,20 @@ def attention_maps(weights: Tensor, size: int) -> Tensor:
     return F.interpolate(grid, size=(size, size), mode="nearest").view(B, T, size, size)
 
 
-def bce_saliency(model: BCEHead, x: Tensor) -> Saliency:
-    """Maps for each label a binary-relevance run predicts (its logit), labels by id."""
+def bce_saliency(model: BCEHead, x: Tensor, labels: Tensor | None = None) -> Saliency:
+    """Maps for each label a binary-relevance run predicts (its logit), labels by id; with
+    `labels` (B, T) (-1: none) for those labels instead, as `cnn_rnn_saliency`."""
     def head(features: Tensor) -> tuple[Tensor, Tensor]:
         logits = model.logits_from_features(features)  # (B, K)
+        if labels is not None:
+            given = labels.to(features.device)
+            return given, logits.gather(1, given.clamp(min=0))
         predicted = torch.sigmoid(logits) >= float(model.threshold)
         T = max(1, int(predicted.sum(1).max()))
         ids = torch.arange(model.num_labels, device=x.device).expand_as(predicted)
         key = torch.where(predicted, ids, model.num_labels + ids)  # predicted labels first
         order = key.argsort(1)[:, :T]  # (B, T)
-        labels = torch.where(predicted.gather(1, order), order, -1)
-        return labels, logits.gather(1, order)
+        return torch.where(predicted.gather(1, order), order, -1), logits.gather(1, order)
 
     return _explain(model.encoder, x, head)
 
@@ -231,8 +277,10 @@ def localisation(scores: Tensor, labels: Tensor, cells: Tensor) -> dict[str, Any
     scores: maps (M, S, S) or cell scores (M, C); labels (M,) long, the emitted label of each
     row (-1: none); cells (M, C) long, the class in each cell of the row's mosaic, -1 if empty.
     Only rows whose label is in its mosaic are scored. Returns counts and shares (None when
-    nothing is scored): localisation, chance, peak_on_item, occupied_share, and `flat`, the
-    scored rows whose map is zero everywhere.
+    nothing is scored): localisation, chance (a peak in a random cell, empty ones included),
+    nonempty_chance (a peak in a random non-empty cell: (cells holding the class) / (non-empty
+    cells), averaged), peak_on_item, occupied_share, and `flat`, the scored rows whose map is
+    zero everywhere.
     """
     scores, labels, cells = scores.detach().float().cpu(), labels.cpu(), cells.cpu()
     if scores.dim() == 3:
@@ -251,27 +299,55 @@ def localisation(scores: Tensor, labels: Tensor, cells: Tensor) -> dict[str, Any
     return {"scored": n,
             "localisation": mean(peak_share(scores, holds)),
             "chance": mean(holds.float().mean(1)),
+            "nonempty_chance": mean(holds.sum(1) / (cells >= 0).sum(1)),
             "peak_on_item": mean(peak_share(scores, cells >= 0)),
             "occupied_share": mean((cells >= 0).float().mean(1)),
             "flat": int((scores.amax(1) <= 0).sum())}
 
 
-def summarise(cell_scores: dict[str, Tensor], labels: Tensor, cells: Tensor, steps: Tensor,
-              by_step: bool) -> dict[str, Any]:
-    """Scores of both methods, overall, per item count and (CNN-RNN) per decoding step.
+BASELINES = ("label_agnostic", "randomised_weights")
 
-    cell_scores: method -> (M, C); labels, steps (M,) long; cells (M, C) of each row's mosaic.
+
+def scored(scores: Tensor, labels: Tensor, cells: Tensor, keep: Tensor,
+           baselines: dict[str, Tensor]) -> dict[str, Any]:
+    """`localisation` of the rows in `keep` (M,) bool, with each baseline's localisation on the
+    same rows beside it (name -> its score, None when nothing is scored)."""
+    row = localisation(scores[keep], labels[keep], cells[keep])
+    for name, other in baselines.items():
+        row[name] = localisation(other[keep], labels[keep], cells[keep])["localisation"]
+    return row
+
+
+def summarise(cell_scores: dict[str, Tensor], labels: Tensor, cells: Tensor, steps: Tensor,
+              by_step: bool, baselines: dict[str, dict[str, Tensor]] | None = None
+              ) -> dict[str, Any]:
+    """Scores of every method, overall, on mosaics of 2 or more items (`multi_item`), per item
+    count and (CNN-RNN) per decoding step; `one_item_share` is the share of the scored labels
+    in one-item mosaics, where any map that finds an item scores 1.
+
+    cell_scores: method -> (M, C); labels, steps (M,) long; cells (M, C) of each row's mosaic;
+    baselines: name -> method -> (M, C), other maps for the same rows, scored beside each
+    figure under their name.
     """
     items = (cells >= 0).sum(1)  # (M,)
+    holds = ((cells == labels[:, None]) & (labels[:, None] >= 0)).any(1)  # the scored rows
+    n_scored = int(holds.sum())
     out: dict[str, Any] = {}
     for method, scores in cell_scores.items():
-        row = localisation(scores, labels, cells)
-        row["by_items"] = {str(k): localisation(scores[items == k], labels[items == k],
-                                                cells[items == k])
+        others = {name: maps[method] for name, maps in (baselines or {}).items()}
+
+        def part(keep: Tensor, scores: Tensor = scores, others: dict = others
+                 ) -> dict[str, Any]:
+            return scored(scores, labels, cells, keep, others)
+
+        row = part(torch.ones_like(items, dtype=torch.bool))
+        row["multi_item"] = part(items >= 2)
+        row["one_item_share"] = (int((holds & (items == 1)).sum()) / n_scored if n_scored
+                                 else None)
+        row["by_items"] = {str(k): part(items == k)
                            for k in range(1, cells.shape[1] + 1) if (items == k).any()}
         if by_step:
-            row["by_step"] = {str(t + 1): localisation(scores[steps == t], labels[steps == t],
-                                                       cells[steps == t])
+            row["by_step"] = {str(t + 1): part(steps == t)
                               for t in range(int(steps.max()) + 1 if len(steps) else 0)}
         out[method] = row
     return out
@@ -339,29 +415,42 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
     dev = next(model.parameters()).device
     is_rnn = isinstance(model, CNNRNN)
     picks = figure_picks(cells, n_figure)
-    rows: dict[str, list[Tensor]] = {"mosaic": [], "step": [], "label": [],
-                                     **{m: [] for m in methods}}
+    random_model = randomised(model, RANDOM_SEED)
+    rows: dict[str, list[Tensor]] = {
+        "mosaic": [], "step": [], "label": [],
+        **{f"{name}/{m}": [] for name in ("trained", *BASELINES) for m in methods}}
     shown: dict[int, Saliency] = {}
     for start in range(0, len(images), BATCH):
         x = to_input(images[start:start + BATCH]).to(dev)
         sal = (cnn_rnn_saliency(model, x, cfg.multilabel.beam_width, target) if is_rnn
                else bce_saliency(model, x))
+        # the randomised model explains the trained model's labels, step by step
+        random_sal = (cnn_rnn_saliency(random_model, x, 1, target, sal.labels) if is_rnn
+                      else bce_saliency(random_model, x, sal.labels))
         B, T = sal.labels.shape
         keep = (sal.labels >= 0).cpu()
         rows["mosaic"].append((start + torch.arange(B)[:, None].expand(B, T))[keep])
         rows["step"].append(torch.arange(T).expand(B, T)[keep])
         rows["label"].append(sal.labels.cpu()[keep])
         for m in methods:
-            rows[m].append(cell_saliency(sal.maps[m].flatten(0, 1), grid).view(B, T, -1)
-                           .cpu()[keep])
+            cells_of = cell_saliency(sal.maps[m].flatten(0, 1), grid).view(B, T, -1).cpu()
+            rows[f"trained/{m}"].append(cells_of[keep])
+            # label-agnostic: the mean of the mosaic's step maps, the same for each of its labels
+            mean = cells_of.sum(1) / keep.sum(1, keepdim=True).clamp(min=1)  # (B, C)
+            rows[f"label_agnostic/{m}"].append(mean[:, None].expand_as(cells_of)[keep])
+            rows[f"randomised_weights/{m}"].append(
+                cell_saliency(random_sal.maps[m].flatten(0, 1), grid).view(B, T, -1)
+                .cpu()[keep])
         for i in picks:
             if start <= i < start + B:
                 shown[i] = Saliency(sal.labels[i - start].cpu(),
                                     {m: v[i - start].detach().cpu() for m, v in sal.maps.items()})
     flat = {k: torch.cat(v) for k, v in rows.items()}
     row_cells = cells[flat["mosaic"]]  # (M, C)
-    scores = summarise({m: flat[m] for m in methods}, flat["label"], row_cells, flat["step"],
-                       by_step=is_rnn)
+    scores = summarise({m: flat[f"trained/{m}"] for m in methods}, flat["label"], row_cells,
+                       flat["step"], by_step=is_rnn,
+                       baselines={name: {m: flat[f"{name}/{m}"] for m in methods}
+                                  for name in BASELINES})
     overall = scores[methods[0]]
     out = Path(out) if out is not None else RunDir(run) / "analysis" / "saliency"
     out.mkdir(parents=True, exist_ok=True)
@@ -374,6 +463,12 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
         "emitted": len(flat["label"]), "scored": overall["scored"],
         "correct_share": overall["scored"] / max(1, len(flat["label"])),
         "chance": overall["chance"], "occupied_share": overall["occupied_share"],
+        "nonempty_chance": overall["nonempty_chance"],
+        "nonempty_chance_by_items": {k: r["nonempty_chance"]
+                                     for k, r in overall["by_items"].items()},
+        "multi_item_scored": overall["multi_item"]["scored"],
+        "one_item_share": overall["one_item_share"],
+        "randomised_seed": RANDOM_SEED,
         "items_per_mosaic": float((cells >= 0).sum(1).double().mean()),
         "items_per_mosaic_over_cells": float((cells >= 0).double().mean()),
         "methods": scores,
@@ -386,7 +481,20 @@ def analyze_saliency(run: str | Path, fmnist: FashionMNIST, out: str | Path | No
                if attends else {}),
             "peak": "the cell of largest total saliency; tied cells share the credit",
             "localisation": "share of correctly emitted labels whose peak cell holds that class",
-            "chance": "mean over the scored labels of (cells holding the class) / cells",
+            "chance": "mean over the scored labels of (cells holding the class) / cells, "
+                      "empty cells included",
+            "nonempty_chance": "mean over the scored labels of (cells holding the class) / "
+                               "(non-empty cells): the score of a map that peaks on a random "
+                               "item; the chance level that means something",
+            "label_agnostic": "the method's score when every label of a mosaic gets the same "
+                              "map, the mean of the mosaic's maps over its "
+                              f"{'decoding steps' if is_rnn else 'predicted labels'}",
+            "randomised_weights": "the method's score on a copy of the model with every weight "
+                                  f"re-initialised (seed {RANDOM_SEED}; Adebayo et al. 2018), "
+                                  "explaining the trained model's labels on the same mosaics",
+            "multi_item": "the scores on mosaics of 2 or more items alone",
+            "one_item_share": "share of the scored labels in one-item mosaics, where any map "
+                              "that peaks on an item scores 1",
             "peak_on_item": "share of peaks on any item; its chance is occupied_share",
         },
     }
@@ -428,7 +536,10 @@ def _figure(path: Path, images: Tensor, truth: Tensor, cells: Tensor, picks: lis
                "outlined: the peak cell. \u2713 the peak cell holds the emitted class, \u2717 it "
                f"does not (orange: tied peaks). Over {result['mosaics']} test mosaics, "
                f"{m['scored']} correctly emitted labels: peak in a cell of the class "
-               f"{_fmt(m['localisation'], 2)} (chance {_fmt(m['chance'], 2)})")
+               f"{_fmt(m['localisation'], 2)} (on a random item's cell "
+               f"{_fmt(m['nonempty_chance'], 2)}, same map for every label "
+               f"{_fmt(m['label_agnostic'], 2)}, random weights "
+               f"{_fmt(m['randomised_weights'], 2)})")
     what = "decoding step" if is_rnn else "predicted label"
     return plot_saliency(rows, path, f"{title}: where the model looks at each {what}", caption,
                          CELL)
@@ -439,21 +550,36 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The localisation scores as a Markdown table: overall and per item count."""
+    """The localisation scores as a Markdown table: overall, on mosaics of 2-4 items and per
+    item count; under each method its two baselines, then the chance levels."""
     fmt = _fmt
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cells) + " |"
 
     counts = sorted({k for m in result["methods"].values() for k in m["by_items"]}, key=int)
-    head = ["method", "all", *[f"{k} item{'s' if k != '1' else ''}" for k in counts]]
+    head = ["method", "all", f"2-{counts[-1] if counts else 4} items",
+            *[f"{k} item{'s' if k != '1' else ''}" for k in counts]]
     lines = [line(head), "|---|" + "---:|" * (len(head) - 1)]
     first = next(iter(result["methods"].values()))
+
+    def cells(m: dict[str, Any], key: str, show=fmt) -> list[str]:
+        return [show(m.get(key)), show(m["multi_item"].get(key)),
+                *[show(m["by_items"][k].get(key)) for k in counts]]
+
+    names = {"label_agnostic": "label-agnostic map", "randomised_weights": "random weights"}
     for name, m in result["methods"].items():
-        lines.append(line([name, fmt(m["localisation"]),
-                           *[fmt(m["by_items"][k]["localisation"]) for k in counts]]))
-    lines.append(line(["chance", fmt(first["chance"]),
-                       *[fmt(first["by_items"][k]["chance"]) for k in counts]]))
-    lines.append(line(["scored labels", str(first["scored"]),
-                       *[str(first["by_items"][k]["scored"]) for k in counts]]))
-    return "\n".join(lines) + "\n"
+        lines.append(line([name, *cells(m, "localisation")]))
+        for key in BASELINES:
+            if key in m:
+                lines.append(line([f"{name}, {names[key]}", *cells(m, key)]))
+    lines.append(line(["chance", *cells(first, "chance")]))
+    if "nonempty_chance" in first:
+        lines.append(line(["non-empty-cell chance", *cells(first, "nonempty_chance")]))
+    lines.append(line(["scored labels", *cells(first, "scored", str)]))
+    share = first.get("one_item_share")
+    note = ("" if share is None else
+            f"\nOne-item mosaics hold {share:.3f} of the scored labels (there any map that "
+            "peaks on an item scores 1); chance: a peak in a random cell, non-empty-cell "
+            "chance: in a random item's cell.\n")
+    return "\n".join(lines) + "\n" + note
