@@ -254,6 +254,10 @@ def evaluate(
         "folder")] = False,
     fmt: Annotated[str | None, typer.Option(
         "--format", help="Format of the --plots figures: png, pdf or svg (default png)")] = None,
+    save_samples: Annotated[bool, typer.Option(
+        "--save-samples", help="Also keep the per-sample outputs (eval_*.npz) and the metrics "
+        "(eval_*.json) in the run folder, as `compare --stats` does; an unchanged checkpoint "
+        "and options read them back instead of evaluating again")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Metrics of a trained run on the test (or validation) split."""
@@ -263,11 +267,16 @@ def evaluate(
         raise CnnrnnError(f"--format {fmt} is the format of the figures; add --plots to write "
                           "them")
     fmt = check_format(fmt or "png")
-    from cnnrnn.evaluate import evaluate_run
+    from cnnrnn.evaluate import evaluate_run, evaluate_samples
 
-    result = evaluate_run(run, split, data_dir, checkpoint, device,
-                          {"beam_width": beam_width, "tta_flip": tta, "costs": costs,
-                           "decision": decision, "prior": prior}, say=_note)
+    options = {"beam_width": beam_width, "tta_flip": tta, "costs": costs, "decision": decision,
+               "prior": prior}
+    if save_samples:
+        result = evaluate_samples(run, split, data_dir, checkpoint, device, options, _note)[0]
+        if result.pop("reused", False):
+            _note(f"note: read the saved evaluation of {run} (same checkpoint and options)")
+    else:
+        result = evaluate_run(run, split, data_dir, checkpoint, device, options, say=_note)
     if as_json:
         _echo_json(result)
         if plots:

@@ -156,6 +156,9 @@ def test_saved_evaluation_is_reused_until_the_checkpoint_changes(runs, data_dir,
         assert np.array_equal(z["y_pred"], samples["y_pred"])
     again, _ = ev.evaluate_samples(run, data_dir=data_dir, options={"costs": "hierarchy"})
     assert len(calls) == 1 and again["reused"] and again["accuracy"] == first["accuracy"]
+    shown = json.loads(cli("evaluate", run, "--json", "--save-samples", "--costs", "hierarchy",
+                           "--data-dir", data_dir))
+    assert len(calls) == 1 and shown == first  # evaluate's output as before, read back
     ev.evaluate_samples(run, data_dir=data_dir)  # other options: evaluated and saved apart
     assert len(calls) == 2 and len(list(run.glob("eval_test_best_*.npz"))) == 2
     state = RunDir(run).load("best")
