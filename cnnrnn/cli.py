@@ -254,6 +254,10 @@ def evaluate(
         "folder")] = False,
     fmt: Annotated[str | None, typer.Option(
         "--format", help="Format of the --plots figures: png, pdf or svg (default png)")] = None,
+    save_samples: Annotated[bool, typer.Option(
+        "--save-samples", help="Also keep the per-sample outputs (eval_*.npz) and the metrics "
+        "(eval_*.json) in the run folder, as `compare --stats` does; an unchanged checkpoint "
+        "and options read them back instead of evaluating again")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Metrics of a trained run on the test (or validation) split."""
@@ -263,11 +267,16 @@ def evaluate(
         raise CnnrnnError(f"--format {fmt} is the format of the figures; add --plots to write "
                           "them")
     fmt = check_format(fmt or "png")
-    from cnnrnn.evaluate import evaluate_run
+    from cnnrnn.evaluate import evaluate_run, evaluate_samples
 
-    result = evaluate_run(run, split, data_dir, checkpoint, device,
-                          {"beam_width": beam_width, "tta_flip": tta, "costs": costs,
-                           "decision": decision, "prior": prior}, say=_note)
+    options = {"beam_width": beam_width, "tta_flip": tta, "costs": costs, "decision": decision,
+               "prior": prior}
+    if save_samples:
+        result = evaluate_samples(run, split, data_dir, checkpoint, device, options, _note)[0]
+        if result.pop("reused", False):
+            _note(f"note: read the saved evaluation of {run} (same checkpoint and options)")
+    else:
+        result = evaluate_run(run, split, data_dir, checkpoint, device, options, say=_note)
     if as_json:
         _echo_json(result)
         if plots:
@@ -324,7 +333,7 @@ def predict(
 
 @app.command()
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders")],
+    runs: Annotated[list[Path] | None, typer.Argument(help="Run folders")] = None,
     plot: Annotated[Path, typer.Option(
         help="Validation curves of all runs; the extension (.png, .pdf, .svg) sets the format"
     )] = Path("compare.png"),
@@ -333,10 +342,70 @@ def compare(
         "(default: the run folders' names)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV")] = False,
+    stats: Annotated[bool, typer.Option(
+        "--stats", help="Compare variants over seeds instead: per group mean ± sd [95 % "
+        "t-interval]; per group against the first, the paired bootstrap difference, McNemar "
+        "p per seed pair and the verdict. Runs whose config.toml differ only in seed form a "
+        "group (or name them with --group)")] = False,
+    group: Annotated[list[str] | None, typer.Option(
+        "--group", help="--stats: a group by hand, NAME=RUN,RUN,RUN (repeat per group; the "
+        "first is the reference)")] = None,
+    allow_few_seeds: Annotated[bool, typer.Option(
+        "--allow-few-seeds", help="--stats: compare groups of fewer than 3 seeds (the "
+        "output says so)")] = False,
+    resamples: Annotated[int, typer.Option(help="--stats: bootstrap resamples")] = 2000,
+    bootstrap_seed: Annotated[int, typer.Option(help="--stats: seed of the resampling")] = 0,
+    split: Annotated[str, typer.Option(help="--stats: test or val")] = "test",
+    checkpoint: Annotated[str, typer.Option(help="--stats: best or last")] = "best",
+    costs: Annotated[str | None, typer.Option(
+        help="--stats: a class-cost matrix (file or 'hierarchy'): adds mistake severity and "
+        "hdist@1/3 (single-label) or swap cost (multilabel)")] = None,
+    decision: Annotated[str | None, typer.Option(
+        help="--stats, single-label runs: argmax or crm")] = None,
+    prior: Annotated[str | None, typer.Option(
+        help="--stats, multilabel runs: test mosaics under this label prior")] = None,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="--stats, single-label runs: also read the mirrored image")
+    ] = None,
+    beam_width: Annotated[int | None, typer.Option(
+        help="--stats, cnn-rnn runs: decode with this beam width")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """The comparison table (Markdown, or --json / --csv) of several runs, and one plot of
-    their curves."""
+    their curves; with --stats, the statistics of variants trained under several seeds.
+
+    \b
+    cnnrnn compare --stats runs/ce-s0 runs/ce-s1 runs/ce-s2 runs/soft-s0 runs/soft-s1 runs/soft-s2
+    cnnrnn compare --stats --group ce=runs/ce-s0,runs/ce-s1,runs/ce-s2 --group soft=...
+    """
+    if stats:
+        from cnnrnn.analysis.seeds import compare_seeds, group_runs, markdown, parse_groups
+
+        if as_csv or label:
+            raise CnnrnnError("--csv and --label are for the plain table; --stats prints "
+                              "Markdown or --json")
+        if group and runs:
+            raise CnnrnnError("give the runs either as arguments or with --group, not both")
+        if not group and not runs:
+            raise CnnrnnError("give the run folders (or --group NAME=RUN,RUN,RUN)")
+        groups = parse_groups(group) if group else group_runs(runs)
+        result = compare_seeds(groups, split, data_dir, checkpoint,
+                               {"beam_width": beam_width, "tta_flip": tta, "costs": costs,
+                                "decision": decision, "prior": prior}, resamples,
+                               bootstrap_seed, allow_few_seeds, say=_note)
+        if as_json:
+            _echo_json(result)
+        else:
+            typer.echo(markdown(result), nl=False)
+        return
+    stats_only = {"--group": group, "--allow-few-seeds": allow_few_seeds or None,
+                  "--costs": costs, "--decision": decision, "--prior": prior, "--tta": tta,
+                  "--beam-width": beam_width}
+    given = [flag for flag, v in stats_only.items() if v is not None]
+    if given:
+        raise CnnrnnError(f"{given[0]} is an option of compare --stats; add --stats")
+    if not runs:
+        raise CnnrnnError("give the run folders to compare")
     from cnnrnn.plots import figure_path, plot_compare
 
     if as_json and as_csv:

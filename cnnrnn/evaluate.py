@@ -6,6 +6,9 @@ folders of every cnnrnn version read here (older configs are upgraded on load).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import statistics
 import time
 from collections import defaultdict
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +24,7 @@ from cnnrnn.checkpoint import load_model_state
 from cnnrnn.config import TrainConfig, config_from_dict, read_toml
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, load_fashion_mnist
 from cnnrnn.errors import CnnrnnError
+from cnnrnn.files import atomic_write
 from cnnrnn.images import read_inputs
 from cnnrnn.models.registry import count_parameters
 from cnnrnn.precision import autocast, resolve_device
@@ -123,6 +128,13 @@ def _evaluate_loaded(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Mo
                      state: dict[str, Any], fmnist: FashionMNIST, split: str, checkpoint: str,
                      device: str) -> dict[str, Any]:
     """Metrics of a loaded run whose `cfg` already carries its evaluation options."""
+    return _evaluate_samples(run, cfg, task, model, state, fmnist, split, checkpoint, device)[0]
+
+
+def _evaluate_samples(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Module,
+                      state: dict[str, Any], fmnist: FashionMNIST, split: str, checkpoint: str,
+                      device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metrics and the per-sample outputs (`SAMPLE_KEYS`) of a loaded run."""
     data = task.prepare(cfg, fmnist)
     images, targets = ((data.test_images, data.test_targets) if split == "test"
                        else (data.val_images, data.val_targets))
@@ -130,10 +142,106 @@ def _evaluate_loaded(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Mo
     outputs = predict_images(task, model, images, cfg, device)
     seconds = time.perf_counter() - start
     metrics = task.metrics(outputs, targets, cfg)
-    return {"run": str(run), "task": cfg.task, "model": cfg.model, "split": split,
-            "checkpoint": checkpoint, "epoch": state["epoch"], "n": len(images),
-            **task.describe(cfg), "predict_seconds": seconds,
-            "images_per_second": len(images) / seconds, **metrics}
+    result = {"run": str(run), "task": cfg.task, "model": cfg.model, "split": split,
+              "checkpoint": checkpoint, "epoch": state["epoch"], "n": len(images),
+              **task.describe(cfg), "predict_seconds": seconds,
+              "images_per_second": len(images) / seconds, **metrics}
+    # single-label: labels (N,) and probs (N, K); multilabel: label_sets and scores (N, K)
+    pred, scores = ("labels", "probs") if "labels" in outputs else ("label_sets", "scores")
+    samples = {"y_true": targets.numpy(), "y_pred": outputs[pred].numpy(),
+               "scores": outputs[scores].numpy().astype(np.float32)}
+    return result, samples
+
+
+# ---- saved per-sample evaluations ------------------------------------------------------------
+
+SAMPLE_KEYS = ("y_true", "y_pred", "scores")  # the arrays of a saved evaluation's .npz
+EVAL_PREFIX = "eval_"  # eval_<split>_<checkpoint>_<key>.npz and .json in the run folder
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evaluation_key(run: str | Path, cfg: TrainConfig, task: Task, split: str,
+                   checkpoint: str) -> dict[str, Any]:
+    """What a saved evaluation depends on: the checkpoint's bytes, the split, the evaluation
+    options in effect (the run's own where none was given) and, under a cost matrix, the
+    matrix itself (a cost file may be edited under the same name)."""
+    from cnnrnn.costs import load_costs
+
+    options = task.describe(cfg)
+    costs = options.get("costs")
+    return {"split": split, "checkpoint": checkpoint,
+            "checkpoint_sha256": file_sha256(RunDir(run).checkpoint_path(checkpoint)),
+            "options": options,
+            "costs_sha256": (hashlib.sha256(load_costs(costs).tobytes()).hexdigest()
+                             if costs else None)}
+
+
+def _key_name(key: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{EVAL_PREFIX}{key['split']}_{key['checkpoint']}_{digest}"
+
+
+def _read_saved(run_dir: RunDir, name: str, key: dict[str, Any]
+                ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """A saved evaluation under `name` made with exactly `key`; None if absent or stale."""
+    try:
+        saved = run_dir.read_json(name + ".json")
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            return None
+        with np.load(run_dir / (name + ".npz"), allow_pickle=False) as z:
+            samples = {k: z[k] for k in SAMPLE_KEYS}
+    except (OSError, ValueError, KeyError):  # a missing, partial or foreign file: evaluate
+        return None
+    return saved["result"], samples
+
+
+def _write_saved(run_dir: RunDir, name: str, key: dict[str, Any], result: dict[str, Any],
+                 samples: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **samples)
+    atomic_write(run_dir / (name + ".npz"), buf.getvalue())  # the arrays first, the key last
+    run_dir.write_json(name + ".json", {"key": key, "result": result})
+
+
+def evaluate_samples(run: str | Path, split: str = "test", data_dir: str | Path | None = None,
+                     checkpoint: str = "best", device: str = "cpu",
+                     options: dict[str, Any] | None = None,
+                     say: Callable[[str], None] | None = None, save: bool = True,
+                     fmnist: FashionMNIST | None = None
+                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """`evaluate_run`'s metrics and the per-sample outputs behind them: `y_true`, `y_pred` and
+    `scores` (single-label: (N,) classes, (N,) classes, (N, K) probabilities; multilabel:
+    (N, K) multi-hot, (N, K) multi-hot, (N, K) per-label scores), in the split's fixed order.
+
+    With `save`, both are kept in the run folder (eval_<split>_<checkpoint>_<key>.json and
+    .npz), and a later call with the same checkpoint bytes and options reads them back instead
+    of evaluating again (`evaluation_key`); the result then says `"reused": true`.
+    """
+    if split not in SPLITS:
+        raise CnnrnnError(f"unknown split {split!r}; choose test or val")
+    resolve_device(device)
+    cfg, task, model, state = load_run(run, checkpoint, device, say)
+    cfg = apply_eval_options(cfg, run, options or {})
+    run_dir = RunDir(run)
+    key = evaluation_key(run, cfg, task, split, checkpoint)
+    name = _key_name(key)
+    if save:
+        saved = _read_saved(run_dir, name, key)
+        if saved is not None:
+            return {**saved[0], "reused": True}, saved[1]
+    result, samples = _evaluate_samples(run, cfg, task, model, state,
+                                        fmnist or load_fashion_mnist(data_dir), split,
+                                        checkpoint, device)
+    if save:
+        _write_saved(run_dir, name, key, result, samples)
+    return result, samples
 
 
 def predict_run(run: str | Path, input_path: str | Path, device: str = "cpu",

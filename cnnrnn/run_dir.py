@@ -5,6 +5,8 @@ policy.
     metrics.jsonl      one JSON row per finished epoch
     last.pt, best.pt   checkpoints: every epoch (and on Ctrl-C), and the best on validation
     val_metrics.json   the best checkpoint's validation metrics, at the end
+    eval_*.json, .npz  saved evaluations: metrics and per-sample outputs, keyed by checkpoint
+                       and options (cnnrnn.evaluate.evaluate_samples)
     *.png, *.pdf, *.svg  figures drawn from the files above by the run's task
 
 Every file is written atomically (`cnnrnn.files.atomic_write`).
