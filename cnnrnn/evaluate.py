@@ -150,12 +150,17 @@ def _evaluate_samples(run: str | Path, cfg: TrainConfig, task: Task, model: nn.M
     pred, scores = ("labels", "probs") if "labels" in outputs else ("label_sets", "scores")
     samples = {"y_true": targets.numpy(), "y_pred": outputs[pred].numpy(),
                "scores": outputs[scores].numpy().astype(np.float32)}
+    # what hdist@k ranks the classes by: the decision's own order (under CRM the least
+    # expected cost first, cnnrnn.metrics.severity), so resampled hdist@k is the metric's
+    expected = outputs.get("expected_cost")
+    samples["ranking"] = samples["scores"] if expected is None else \
+        (-expected).numpy().astype(np.float32)
     return result, samples
 
 
 # ---- saved per-sample evaluations ------------------------------------------------------------
 
-SAMPLE_KEYS = ("y_true", "y_pred", "scores")  # the arrays of a saved evaluation's .npz
+SAMPLE_KEYS = ("y_true", "y_pred", "scores", "ranking")  # a saved evaluation's .npz arrays
 EVAL_PREFIX = "eval_"  # eval_<split>_<checkpoint>_<key>.npz and .json in the run folder
 
 

@@ -118,7 +118,9 @@ def _mistake_cost(s: Samples, costs: np.ndarray) -> np.ndarray:
 
 def _hdist(k: int) -> Callable[[Samples, np.ndarray], np.ndarray]:
     def per_item(s: Samples, costs: np.ndarray) -> np.ndarray:
-        top_k = np.argsort(-s["scores"].astype(np.float64), 1, kind="stable")[:, :k]  # (N, k)
+        # the decision's order: probabilities, or the least expected cost first under CRM
+        rank = s.get("ranking", s["scores"]).astype(np.float64)
+        top_k = np.argsort(-rank, 1, kind="stable")[:, :k]  # (N, k)
         return costs[s["y_true"][:, None], top_k].mean(1, keepdims=True)  # (N, 1)
     return per_item
 
@@ -169,6 +171,27 @@ def _ap_resampled(labels: list[tuple[np.ndarray, ...]], w: np.ndarray) -> np.nda
     return _ratio(np.where(present, ap, 0).sum(1), present.sum(1), np.nan)
 
 
+def _ece_prepare(s: Samples, costs: np.ndarray | None) -> np.ndarray:
+    """(N, 2 * bins) per item: (right - confidence) and 1 in its confidence bin, else 0
+    (cnnrnn.metrics.single_label.expected_calibration_error's bins and rule)."""
+    from cnnrnn.metrics.single_label import ECE_BINS
+
+    p = s["scores"].astype(np.float64)
+    confidence = p.max(1)
+    right = (p.argmax(1) == s["y_true"]).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, ECE_BINS - 1)
+    onehot = np.eye(ECE_BINS)[which]  # (N, bins)
+    return np.concatenate([onehot * (right - confidence)[:, None], onehot], 1)
+
+
+def _ece_resampled(items: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sum_b |sum_{i in b} w_i (right_i - conf_i)| / sum_i w_i, per row of counts W (B, N)."""
+    sums = w @ items  # (B, 2 * bins)
+    gaps = np.abs(sums[:, :sums.shape[1] // 2]).sum(1)
+    return _ratio(gaps, sums[:, sums.shape[1] // 2:].sum(1))
+
+
 def _metric(name: str, higher: bool, pair: tuple[Callable[..., Any], Callable[..., Any]],
             correct: Callable[[Samples], np.ndarray] | None = None) -> Metric:
     return Metric(name, higher, pair[0], pair[1], correct)
@@ -182,6 +205,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                                              lambda x, n: _ratio(x[:, 0], x[:, 1], np.nan))),
     _metric("hdist@1", False, _sums(_hdist(1), lambda x, n: _ratio(x[:, 0], n))),
     _metric("hdist@3", False, _sums(_hdist(3), lambda x, n: _ratio(x[:, 0], n))),
+    _metric("hdist@5", False, _sums(_hdist(5), lambda x, n: _ratio(x[:, 0], n))),
+    _metric("ece", False, (_ece_prepare, _ece_resampled)),
     # multilabel
     _metric("exact_match", True, _sums(lambda s, c: _exact(s)[:, None],
                                        lambda x, n: _ratio(x[:, 0], n)), _exact),
@@ -194,8 +219,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     _metric("swap_cost", False, _sums(_swap_cost,
                                       lambda x, n: _ratio(x[:, 0], x[:, 1], np.nan))),
 )}
-COST_METRICS = ("mistake_severity", "hdist@1", "hdist@3", "swap_cost")
-TASK_METRICS = {"single-label": ("accuracy", "mistake_severity", "hdist@1", "hdist@3"),
+COST_METRICS = ("mistake_severity", "hdist@1", "hdist@3", "hdist@5", "swap_cost")
+TASK_METRICS = {"single-label": ("accuracy", "mistake_severity", "hdist@1", "hdist@3",
+                                 "hdist@5", "ece"),
                 "multilabel": ("exact_match", "O-F1", "C-F1", "mAP", "hamming_loss",
                                "swap_cost")}
 

@@ -47,10 +47,11 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "cnnrnn.metrics.*",
     ),
     # 2: reading and writing things: checkpoints, the Fashion-MNIST data and mosaics, plots,
-    #    class-cost matrices
-    2: ("cnnrnn.checkpoint", "cnnrnn.data", "cnnrnn.data.*", "cnnrnn.plots", "cnnrnn.costs"),
-    # 3: the networks and their registry
-    3: ("cnnrnn.models", "cnnrnn.models.*"),
+    #    class-cost matrices; statistics over the metrics of several runs
+    2: ("cnnrnn.checkpoint", "cnnrnn.data", "cnnrnn.data.*", "cnnrnn.plots", "cnnrnn.costs",
+        "cnnrnn.stats"),
+    # 3: the networks and their registry; class trees made from cost matrices
+    3: ("cnnrnn.models", "cnnrnn.models.*", "cnnrnn.trees"),
     # 4: what a training run is made of on top of the models: its configuration and its losses
     4: ("cnnrnn.config", "cnnrnn.losses"),
     # 5: the run folder, owning its files and the resume policy

@@ -200,3 +200,22 @@ def test_unequal_or_too_few_seeds_are_refused(runs, data_dir, user_error):
                "--resamples", "50", "--data-dir", data_dir)
     assert "note: only 2 seeds per group (--allow-few-seeds)" in text
     assert "--group" in user_error("compare", *runs["ce"], "--group", "x=y")
+
+
+def test_resampled_hdist_under_crm_ranks_by_expected_cost():
+    """Under CRM the saved `ranking` is minus the expected cost, and the bootstrap's hdist@k
+    equals the metric's (which ranks by expected cost); ranking by the probabilities instead
+    gives another value on these items."""
+    s = single_label(2000, 0.6, 3)
+    expected = s["scores"].astype(np.float64) @ COSTS  # (N, K)
+    crm = {**s, "y_pred": expected.argmin(1), "ranking": -expected}
+    ref = severity_metrics(crm["y_true"], crm["y_pred"], crm["scores"], COSTS,
+                           list("0123456789"), "crm", expected)
+    w = np.ones((1, 2000))
+    for k in ("hdist@1", "hdist@3", "hdist@5"):
+        metric = stats.METRICS[k]
+        assert metric.resampled(metric.prepare(crm, COSTS), w)[0] == pytest.approx(ref[k]), k
+    by_probs = {k: v for k, v in crm.items() if k != "ranking"}
+    metric = stats.METRICS["hdist@1"]
+    assert metric.resampled(metric.prepare(by_probs, COSTS), w)[0] != pytest.approx(
+        ref["hdist@1"])
