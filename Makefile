@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_EPOCHS ?= 3
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench reproduce clean
 
 $(BIN)/cnnrnn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Every run behind docs/results.md and README.md, then their generated tables (resumable).
+# QUICK=1: the same steps at tiny sizes into runs/reproduce-quick/ (minutes; CI runs it).
+JOBS ?= 1
+reproduce: setup
+	$(BIN)/python scripts/reproduce.py --jobs $(JOBS) $(if $(QUICK),--quick --check,)
 
 bench: setup
 	scripts/bench_single_label.sh runs/bench

@@ -1,0 +1,240 @@
+"""The generated blocks of docs/results.md and README.md, each from run folders alone.
+
+GENERATORS[name](runs, quick) returns the Markdown of the block `<!-- reproduce:name -->`; it
+raises MissingRuns when a run it reads is not finished. Every number is computed here from the
+runs: evaluations through cnnrnn.evaluate.evaluate_samples (saved in each run folder and read
+back while the checkpoint is unchanged), mean ± standard deviation over seeds with a 95 %
+t-interval, and paired bootstrap intervals over the test images for differences
+(cnnrnn.stats); "lower", "higher" and "tie" are the interval's verdicts.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnrnn import stats
+from cnnrnn.costs import load_costs
+
+SEEDS = (0, 1, 2)
+RESAMPLES = 2000
+SEVERITY_LABELS = {
+    "ce": "cross-entropy",
+    "soft-hierarchy": "soft labels, hierarchy",
+    "hxe-hierarchy": "HXE, hierarchy",
+    "soft-outfits": "soft labels, CNN-RNN `outfits` U_l",
+    "hxe-outfits": "HXE, CNN-RNN `outfits` U_l",
+}
+SEVERITY_KEYS = (("accuracy", "top-1"), ("mistake_severity", "mistake severity"),
+                 ("hdist@1", "hdist@1"), ("hdist@3", "hdist@3"), ("hdist@5", "hdist@5"),
+                 ("ece", "ECE"))
+DECISIONS = ("argmax", "crm")
+# the target of the severity question: hdist@3 under the hierarchy at least 10 % lower than
+# cross-entropy's (interval excluding 0) for at most 0.3 points of top-1 accuracy
+TARGET_HDIST3, TARGET_TOP1 = -0.10, -0.003
+
+
+class MissingRuns(Exception):
+    """A block's runs are not (all) finished."""
+
+
+def _finished(run: Path) -> Path:
+    import tomllib
+
+    cfg, history = run / "config.toml", run / "metrics.jsonl"
+    if not (cfg.is_file() and history.is_file() and (run / "best.pt").is_file()):
+        raise MissingRuns(f"{run} not trained")
+    if len(history.read_text().splitlines()) < tomllib.loads(cfg.read_text())["epochs"]:
+        raise MissingRuns(f"{run} not finished")
+    return run
+
+
+def cost_spec(runs: Path, costs: str) -> str:
+    return "hierarchy" if costs == "hierarchy" else str(runs / f"embeddings/costs/{costs}.csv")
+
+
+@functools.cache
+def _evaluated(run: Path, costs: str, decision: str
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from cnnrnn.evaluate import evaluate_samples
+
+    return evaluate_samples(_finished(run), "test",
+                            options={"costs": costs, "decision": decision})
+
+
+def _group(runs: Path, model: str, method: str, costs: str, decision: str
+           ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    spec = cost_spec(runs, costs)
+    if spec != "hierarchy" and not Path(spec).is_file():
+        raise MissingRuns(f"{spec} not made")
+    return [_evaluated(runs / f"severity-{model}/{method}-s{s}", spec, decision) for s in SEEDS]
+
+
+def _fmt(x: float, percent: bool, signed: bool = False) -> str:
+    k, digits = (100, 2) if percent else (1, 4)
+    return f"{k * x:{'+' if signed else ''}.{digits}f}"
+
+
+def _cell(values: list[float], percent: bool) -> str:
+    s = stats.summary(values)
+    return (f"{_fmt(s['mean'], percent)} ± {_fmt(s['sd'], percent)} "
+            f"[{_fmt(s['ci'][0], percent)}, {_fmt(s['ci'][1], percent)}]")
+
+
+def severity_summary(runs: Path, model: str, costs: str) -> str:
+    """Each method x decision: mean ± sd [95 % CI] over the seeds, measured under `costs`."""
+    head = " | ".join(label for _, label in SEVERITY_KEYS)
+    lines = [f"| training | decision | seeds | {head} |",
+             "|---|---|---:|" + "---:|" * len(SEVERITY_KEYS)]
+    for method, label in SEVERITY_LABELS.items():
+        for decision in DECISIONS:
+            group = _group(runs, model, method, costs, decision)
+            cells = " | ".join(_cell([r[k] for r, _ in group], k == "accuracy")
+                               for k, _ in SEVERITY_KEYS)
+            lines.append(f"| {label} | {decision} | {len(group)} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def severity_differences(runs: Path, model: str, costs: str) -> dict[tuple[str, str], dict]:
+    """Each method x decision against cross-entropy with the argmax, same seeds, same images:
+    the paired bootstrap difference of the seed means and its 95 % interval, per metric."""
+    matrix = load_costs(cost_spec(runs, costs))
+    reference = [s for _, s in _group(runs, model, "ce", costs, "argmax")]
+    out = {}
+    for method in SEVERITY_LABELS:
+        for decision in DECISIONS:
+            if (method, decision) == ("ce", "argmax"):
+                continue
+            group = [s for _, s in _group(runs, model, method, costs, decision)]
+            out[method, decision] = stats.paired_bootstrap(
+                group, reference, [k for k, _ in SEVERITY_KEYS], matrix, RESAMPLES)
+    return out
+
+
+def _verdict(d: dict[str, Any], metric: str) -> str:
+    low, high = d["ci"]
+    if not (np.isfinite(low) and np.isfinite(high)) or low <= 0 <= high:
+        return "tie"
+    better = (low > 0) == stats.METRICS[metric].higher_is_better
+    return "better" if better else "worse"
+
+
+def severity_comparison(runs: Path, model: str, costs: str) -> str:
+    diffs = severity_differences(runs, model, costs)
+    ref = {k: np.mean([r[k] for r, _ in _group(runs, model, "ce", costs, "argmax")])
+           for k, _ in SEVERITY_KEYS}
+    lines = ["| training | decision | top-1 (points) | mistake severity | hdist@1 | hdist@3 "
+             "| hdist@3, relative | hdist@5 | ECE |", "|---|---|" + "---:|" * 7]
+    for (method, decision), d in diffs.items():
+        def cell(k: str, percent: bool = False, d: dict = d) -> str:
+            x = d[k]
+            return (f"{_fmt(x['diff'], percent, True)} [{_fmt(x['ci'][0], percent, True)}, "
+                    f"{_fmt(x['ci'][1], percent, True)}] {_verdict(x, k)}")
+        rel = d["hdist@3"]["diff"] / ref["hdist@3"]
+        lines.append(f"| {SEVERITY_LABELS[method]} | {decision} | {cell('accuracy', True)} | "
+                     f"{cell('mistake_severity')} | {cell('hdist@1')} | {cell('hdist@3')} | "
+                     f"{100 * rel:+.1f} % | {cell('hdist@5')} | {cell('ece')} |")
+    return "\n".join(lines) + "\n"
+
+
+def severity_verdict(runs: Path, model: str) -> str:
+    """Which methods meet the target under the hierarchy (the semantic yardstick)."""
+    diffs = severity_differences(runs, model, "hierarchy")
+    ref = np.mean([r["hdist@3"] for r, _ in _group(runs, model, "ce", "hierarchy", "argmax")])
+    met, best = [], None
+    for (method, decision), d in diffs.items():
+        rel = d["hdist@3"]["diff"] / ref
+        ok = (rel <= TARGET_HDIST3 and d["hdist@3"]["ci"][1] < 0
+              and d["accuracy"]["diff"] >= TARGET_TOP1)
+        label = f"{SEVERITY_LABELS[method]} ({decision})"
+        if ok:
+            met.append(label)
+        if best is None or rel < best[0]:
+            best = (rel, label, d)
+    assert best is not None
+    rel, label, d = best
+    text = (f"Target: hdist@3 under the hierarchy at least 10 % below cross-entropy's, with a "
+            f"95 % interval that excludes zero, for at most 0.3 points of top-1 accuracy. "
+            f"Met by: {', '.join(met) if met else 'no method'}. The largest hdist@3 drop is "
+            f"{label}'s, {100 * rel:+.1f} % ({_fmt(d['hdist@3']['diff'], False, True)} "
+            f"[{_fmt(d['hdist@3']['ci'][0], False, True)}, "
+            f"{_fmt(d['hdist@3']['ci'][1], False, True)}]) for "
+            f"{_fmt(d['accuracy']['diff'], True, True)} points of top-1 "
+            f"[{_fmt(d['accuracy']['ci'][0], True, True)}, "
+            f"{_fmt(d['accuracy']['ci'][1], True, True)}].")
+    return text + "\n"
+
+
+def saliency(runs: Path, prior: str) -> str:
+    import json
+
+    from cnnrnn.analysis.saliency import markdown
+
+    path = runs / f"embeddings/{prior}-s0/analysis/saliency/saliency.json"
+    if not path.is_file():
+        raise MissingRuns(f"{path} not made")
+    return markdown(json.loads(path.read_text()))
+
+
+def costs_compared(runs: Path) -> str:
+    """The hierarchy against the U_l costs of the `outfits` and `independent` CNN-RNNs."""
+    from cnnrnn.analysis.costs import compare_costs, markdown
+
+    specs = {"hierarchy": "hierarchy", **{f"U_l {p}": cost_spec(runs, p)
+                                          for p in ("outfits", "independent")}}
+    for spec in specs.values():
+        if spec != "hierarchy" and not Path(spec).is_file():
+            raise MissingRuns(f"{spec} not made")
+    return markdown(compare_costs({name: load_costs(s) for name, s in specs.items()}))
+
+
+def cost(runs: Path, quick: bool) -> str:
+    """Every finished run of the reproduction: where it trained and for how long."""
+    import json
+
+    rows, total, cpus = [], 0.0, set()
+    for history in sorted(runs.glob("**/metrics.jsonl")):
+        run = history.parent
+        if "cache" in run.parts:
+            continue
+        seconds = sum(json.loads(line).get("train_seconds") or 0.0
+                      for line in history.read_text().splitlines())
+        env = json.loads((run / "environment.json").read_text()) \
+            if (run / "environment.json").is_file() else [{}]
+        cpu = env[-1].get("cpu", "?")
+        cpus.add(cpu)
+        total += seconds
+        rows.append(f"| {run.relative_to(runs)} | {cpu} | {env[-1].get('threads', '?')} | "
+                    f"{seconds / 60:.1f} |")
+    if not rows:
+        raise MissingRuns("no runs trained")
+    pretrain = sorted(runs.glob("cache/encoders/*/metrics.jsonl"))
+    pre = sum(json.loads(line).get("train_seconds") or 0.0
+              for h in pretrain for line in h.read_text().splitlines())
+    size = "QUICK (tiny) " if quick else ""
+    return ("| run | CPU | threads | training minutes |\n|---|---|---:|---:|\n"
+            + "\n".join(rows) + "\n\n"
+            f"{size}training time of these {len(rows)} runs: {total / 3600:.2f} hours "
+            f"({'; '.join(sorted(cpus))}), plus {pre / 60:.1f} minutes for the encoders "
+            "they pretrained, one thread each (so CPU hours equal these hours; "
+            "evaluation and validation come on top).\n")
+
+
+def _block(fn: Callable[..., str], *args: str) -> Callable[[Path, bool], str]:
+    return lambda runs, quick: fn(runs, *args)
+
+
+GENERATORS: dict[str, Callable[[Path, bool], str]] = {
+    "cost": cost,
+    "saliency-outfits": _block(saliency, "outfits"),
+    "costs-compared": _block(costs_compared),
+    "severity-lstm-hierarchy": _block(severity_summary, "lstm", "hierarchy"),
+    "severity-lstm-outfits": _block(severity_summary, "lstm", "outfits"),
+    "severity-lstm-diff-hierarchy": _block(severity_comparison, "lstm", "hierarchy"),
+    "severity-lstm-diff-outfits": _block(severity_comparison, "lstm", "outfits"),
+    "severity-lstm-verdict": _block(severity_verdict, "lstm"),
+}

@@ -1,0 +1,77 @@
+"""`make reproduce` (scripts/reproduce.py): the generated blocks of the pages, the plan's steps,
+and a finished run told from an unfinished one. CI runs the whole reproduction at tiny sizes
+(`make reproduce QUICK=1`); these tests check its parts in seconds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import reproduce  # noqa: E402
+import reproduce_tables  # noqa: E402
+
+
+def blocks(text: str) -> list[str]:
+    return [m["name"] for m in reproduce.MARK.finditer(text)]
+
+
+def test_every_block_of_the_pages_has_a_generator_and_every_generator_a_block():
+    names = [n for page in reproduce.PAGES for n in blocks(page.read_text())]
+    assert names, "the pages hold no generated blocks"
+    assert set(names) <= set(reproduce_tables.GENERATORS)
+    assert set(reproduce_tables.GENERATORS) <= set(names)
+
+
+def test_fill_rewrites_blocks_and_leaves_the_ones_without_runs(monkeypatch, tmp_path):
+    def missing(runs, quick):
+        raise reproduce_tables.MissingRuns("not trained")
+
+    monkeypatch.setattr(reproduce_tables, "GENERATORS", {
+        "a": lambda runs, quick: f"new {quick}\n", "b": missing})
+    page = ("x\n<!-- reproduce:a -->\nold\n<!-- /reproduce:a -->\n"
+            "<!-- reproduce:b -->\nkept\n<!-- /reproduce:b -->\n")
+    text, filled, left = reproduce.fill(page, tmp_path, True)
+    assert text == ("x\n<!-- reproduce:a -->\nnew True\n<!-- /reproduce:a -->\n"
+                    "<!-- reproduce:b -->\nkept\n<!-- /reproduce:b -->\n")
+    assert filled == ["a"] and left == ["b (not trained)"]
+    with pytest.raises(SystemExit, match="no generator"):
+        reproduce.fill("<!-- reproduce:zz -->\n<!-- /reproduce:zz -->", tmp_path, True)
+
+
+def test_plan_pins_one_thread_and_orders_every_step_after_its_inputs(tmp_path):
+    for quick in (False, True):
+        steps = reproduce.plan(quick)
+        outs = [s.out for s in steps]
+        assert len(outs) == len(set(outs))
+        for i, step in enumerate(steps):
+            for need in step.after:  # made by an earlier step
+                assert need in outs[:i], (step.out, need)
+            cmd = reproduce.command(step, tmp_path, ["cnnrnn"])
+            if step.train:
+                i = cmd.index("threads=1")
+                assert cmd[i - 1] == "--set" and "threads=" not in " ".join(cmd[i + 1:])
+        # the severity study: 5 methods x 3 seeds of the one-direction lstm
+        runs = [s for s in steps if s.train and s.out.startswith("severity-lstm/")]
+        assert len(runs) == 15
+
+
+def test_a_run_is_finished_when_it_holds_every_epoch(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    assert not reproduce.run_finished(run)
+    (run / "config.toml").write_text("epochs = 2\n")
+    (run / "best.pt").write_bytes(b"")
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+    assert not reproduce.run_finished(run)
+    step = reproduce.Step("r", ["train"], train=True)
+    assert reproduce.command(step, tmp_path, ["cnnrnn"])[-1] == "--overwrite"
+    (run / "last.pt").write_bytes(b"")
+    assert reproduce.command(step, tmp_path, ["cnnrnn"])[1:3] == ["train", "--resume"]
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n"
+                                       + json.dumps({"epoch": 2}) + "\n")
+    assert reproduce.run_finished(run)
