@@ -73,7 +73,7 @@ def busy_cpus() -> int:
 def auto_threads(shared: bool = True) -> int:
     """`threads = -1`: the CPUs this process may use less the busy ones, at least 1. Beside
     another busy job on 2 cores that is 1 thread, where torch's default of 2 makes every step
-    wait for the core the other job holds (docs/results.md measures it). Under torchrun the
+    wait for the core the other job holds (docs/results-archive.md measures it). Under torchrun the
     ranks on this machine (LOCAL_WORLD_SIZE) share its CPUs: each takes at most its share,
     since they start together and cannot see each other's load yet; `shared=False` for work
     one rank does while the others wait (an encoder's pretraining on rank 0)."""

@@ -70,8 +70,8 @@ def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.
     Adam, AdamW and SGD use torch's fused kernels (one pass over all parameters instead of a
     loop of small ops per tensor; on a CPU torch's default is that loop): the vgg16 recipe's
     SGD step took 1.96 against 3.41 ms, the cnn's AdamW 0.48 against 2.86 ms
-    (docs/results.md). Fused SGD gives the same numbers bit for bit; fused Adam(W) may differ
-    in the last bit. Where torch has no fused kernel for the parameters' device, it takes the
+    (docs/results-archive.md). Fused SGD gives the same numbers bit for bit; fused Adam(W) may
+    differ in the last bit. Where torch has no fused kernel for the parameters' device, it takes the
     loop. RMSprop has no fused kernel in torch.
     """
     kinds = {

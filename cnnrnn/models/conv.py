@@ -12,7 +12,7 @@ layer's forward pass. There the weight gradient is cheap to write as one matmul 
 that is, g^T (O, B*H*W) @ cols (B*H*W, k*k*C), where `cols` holds the k*k shifted copies of
 the padded input (NHWC, so each is a plain slice, and all of them one strided view). On maps of
 at most `SMALL_MAP` positions the copies are small and the matmul runs near the bf16 rate:
-2.5-3.1x faster than oneDNN on 4x4, 8x on 2x2 (the conv layer table in docs/results.md,
+2.5-3.1x faster than oneDNN on 4x4, 8x on 2x2 (the conv layer table in docs/results-archive.md,
 `scripts/bench_convs.py`). On larger maps the copies cost
 more than oneDNN's kernel, so those layers keep it.
 
@@ -108,7 +108,7 @@ def pool_then_relu(pool: nn.MaxPool2d, relu: nn.Module) -> list[nn.Module]:
     Max-pooling commutes with the ReLU before it: max_i relu(a_i) = relu(max_i a_i), and both
     orders send a window's gradient to its first maximum (or nowhere, when that maximum is
     <= 0). Pooling first lets the ReLU read and write a quarter of the map, forward and
-    backward: 3.5 % of a bf16 vgg16 training step (docs/results.md). Neither layer has
+    backward: 3.5 % of a bf16 vgg16 training step (docs/results-archive.md). Neither layer has
     parameters, so the state_dict keys (the convolutions' and batch norms' indices) stay
     torchvision's.
     """
