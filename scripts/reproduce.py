@@ -114,8 +114,59 @@ def severity_study(model: str, quick: bool) -> list[Step]:
     return steps
 
 
+# the rest of the grid, on a shorter schedule (GRID_EPOCHS, stated beside its tables)
+GRID_EPOCHS = 10
+GRID_METHODS = {
+    "ce": [],
+    "ec-hierarchy": ["--loss", "expected-cost", "--costs", "hierarchy"],
+    "soft-independent": ["--loss", "soft-labels", "--costs", "{costs}/independent.csv"],
+    "hxe-independent": ["--loss", "hxe", "--costs", "{costs}/independent.csv"],
+    "soft-own": ["--loss", "soft-labels", "--costs", "{grid}/costs/own.csv"],
+    "hxe-own": ["--loss", "hxe", "--costs", "{grid}/costs/own.csv"],
+}
+BETAS = (2, 4, 6, 10, 20, 30)
+
+
+def severity_grid(model: str, quick: bool) -> list[Step]:
+    """The other cost sources and the expected-cost loss (GRID_EPOCHS epochs, 3 seeds): costs
+    from a CNN-RNN trained under `independent` and from the classifier's own class rows (the
+    last linear layer of this grid's cross-entropy run, seed 0)."""
+    extra = QUICK_SINGLE if quick else ["--epochs", str(GRID_EPOCHS)]
+    grid = f"grid-{model}"
+    own = f"{grid}/costs/own.csv"
+    steps = []
+    for method, flags in GRID_METHODS.items():
+        needs = [own] if "{grid}" in " ".join(flags) else \
+            ["embeddings/costs/independent.csv"] if "{costs}" in " ".join(flags) else []
+        flags = [f.replace("{grid}", "{runs}/" + grid) for f in flags]
+        for seed in SEEDS:
+            steps.append(Step(f"{grid}/{method}-s{seed}",
+                              ["train", "--task", "single-label", *SEVERITY_MODELS[model],
+                               "--seed", str(seed), *flags, *extra], train=True, after=needs))
+        if method == "ce":
+            steps.append(Step(own, ["analyze", "costs", "embeddings", "{runs}/" + f"{grid}/ce-s0",
+                                    "--out", "{runs}/" + own], after=[f"{grid}/ce-s0"]))
+    return steps
+
+
+def beta_sweep(model: str, quick: bool) -> list[Step]:
+    """Soft labels under the hierarchy at each beta (GRID_EPOCHS epochs, 3 seeds), drawn
+    against the grid's cross-entropy runs of the same schedule."""
+    extra = QUICK_SINGLE if quick else ["--epochs", str(GRID_EPOCHS)]
+    return [Step(f"sweep-{model}/soft-beta{beta}-s{seed}",
+                 ["train", "--task", "single-label", *SEVERITY_MODELS[model], "--seed",
+                  str(seed), "--loss", "soft-labels", "--costs", "hierarchy", "--set",
+                  f"single_label.beta={beta}", *extra], train=True)
+            for beta in BETAS for seed in SEEDS]
+
+
 def plan(quick: bool) -> list[Step]:
-    return [*embedding_runs(quick), *severity_study("lstm", quick)]
+    """Every step, in the order they are run: the deciding comparison first, then the grid's
+    cross-entropy runs (the sweep's reference), the beta sweep and the rest of the grid."""
+    grid = severity_grid("lstm", quick)
+    first = [s for s in grid if "/ce-s" in s.out or s.out.endswith("own.csv")]
+    return [*embedding_runs(quick), *severity_study("lstm", quick), *first,
+            *beta_sweep("lstm", quick), *[s for s in grid if s not in first]]
 
 
 # --- running -------------------------------------------------------------------------------

@@ -66,12 +66,13 @@ def _evaluated(run: Path, costs: str, decision: str
                             options={"costs": costs, "decision": decision})
 
 
-def _group(runs: Path, model: str, method: str, costs: str, decision: str
+def _group(runs: Path, exp: str, method: str, costs: str, decision: str
            ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """The seeds of one method of experiment folder `exp`, evaluated under `costs`."""
     spec = cost_spec(runs, costs)
     if spec != "hierarchy" and not Path(spec).is_file():
         raise MissingRuns(f"{spec} not made")
-    return [_evaluated(runs / f"severity-{model}/{method}-s{s}", spec, decision) for s in SEEDS]
+    return [_evaluated(runs / f"{exp}/{method}-s{s}", spec, decision) for s in SEEDS]
 
 
 def _fmt(x: float, percent: bool, signed: bool = False) -> str:
@@ -85,31 +86,34 @@ def _cell(values: list[float], percent: bool) -> str:
             f"[{_fmt(s['ci'][0], percent)}, {_fmt(s['ci'][1], percent)}]")
 
 
-def severity_summary(runs: Path, model: str, costs: str) -> str:
+def severity_summary(runs: Path, exp: str, costs: str,
+                     labels: dict[str, str] = SEVERITY_LABELS) -> str:
     """Each method x decision: mean ± sd [95 % CI] over the seeds, measured under `costs`."""
     head = " | ".join(label for _, label in SEVERITY_KEYS)
     lines = [f"| training | decision | seeds | {head} |",
              "|---|---|---:|" + "---:|" * len(SEVERITY_KEYS)]
-    for method, label in SEVERITY_LABELS.items():
+    for method, label in labels.items():
         for decision in DECISIONS:
-            group = _group(runs, model, method, costs, decision)
+            group = _group(runs, exp, method, costs, decision)
             cells = " | ".join(_cell([r[k] for r, _ in group], k == "accuracy")
                                for k, _ in SEVERITY_KEYS)
             lines.append(f"| {label} | {decision} | {len(group)} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
-def severity_differences(runs: Path, model: str, costs: str) -> dict[tuple[str, str], dict]:
+def severity_differences(runs: Path, exp: str, costs: str,
+                         labels: dict[str, str] = SEVERITY_LABELS
+                         ) -> dict[tuple[str, str], dict]:
     """Each method x decision against cross-entropy with the argmax, same seeds, same images:
     the paired bootstrap difference of the seed means and its 95 % interval, per metric."""
     matrix = load_costs(cost_spec(runs, costs))
-    reference = [s for _, s in _group(runs, model, "ce", costs, "argmax")]
+    reference = [s for _, s in _group(runs, exp, "ce", costs, "argmax")]
     out = {}
-    for method in SEVERITY_LABELS:
+    for method in labels:
         for decision in DECISIONS:
             if (method, decision) == ("ce", "argmax"):
                 continue
-            group = [s for _, s in _group(runs, model, method, costs, decision)]
+            group = [s for _, s in _group(runs, exp, method, costs, decision)]
             out[method, decision] = stats.paired_bootstrap(
                 group, reference, [k for k, _ in SEVERITY_KEYS], matrix, RESAMPLES)
     return out
@@ -123,9 +127,10 @@ def _verdict(d: dict[str, Any], metric: str) -> str:
     return "better" if better else "worse"
 
 
-def severity_comparison(runs: Path, model: str, costs: str) -> str:
-    diffs = severity_differences(runs, model, costs)
-    ref = {k: np.mean([r[k] for r, _ in _group(runs, model, "ce", costs, "argmax")])
+def severity_comparison(runs: Path, exp: str, costs: str,
+                        labels: dict[str, str] = SEVERITY_LABELS) -> str:
+    diffs = severity_differences(runs, exp, costs, labels)
+    ref = {k: np.mean([r[k] for r, _ in _group(runs, exp, "ce", costs, "argmax")])
            for k, _ in SEVERITY_KEYS}
     lines = ["| training | decision | top-1 (points) | mistake severity | hdist@1 | hdist@3 "
              "| hdist@3, relative | hdist@5 | ECE |", "|---|---|" + "---:|" * 7]
@@ -135,16 +140,16 @@ def severity_comparison(runs: Path, model: str, costs: str) -> str:
             return (f"{_fmt(x['diff'], percent, True)} [{_fmt(x['ci'][0], percent, True)}, "
                     f"{_fmt(x['ci'][1], percent, True)}] {_verdict(x, k)}")
         rel = d["hdist@3"]["diff"] / ref["hdist@3"]
-        lines.append(f"| {SEVERITY_LABELS[method]} | {decision} | {cell('accuracy', True)} | "
+        lines.append(f"| {labels[method]} | {decision} | {cell('accuracy', True)} | "
                      f"{cell('mistake_severity')} | {cell('hdist@1')} | {cell('hdist@3')} | "
                      f"{100 * rel:+.1f} % | {cell('hdist@5')} | {cell('ece')} |")
     return "\n".join(lines) + "\n"
 
 
-def severity_verdict(runs: Path, model: str) -> str:
+def severity_verdict(runs: Path, exp: str) -> str:
     """Which methods meet the target under the hierarchy (the semantic yardstick)."""
-    diffs = severity_differences(runs, model, "hierarchy")
-    ref = np.mean([r["hdist@3"] for r, _ in _group(runs, model, "ce", "hierarchy", "argmax")])
+    diffs = severity_differences(runs, exp, "hierarchy")
+    ref = np.mean([r["hdist@3"] for r, _ in _group(runs, exp, "ce", "hierarchy", "argmax")])
     met, best = [], None
     for (method, decision), d in diffs.items():
         rel = d["hdist@3"]["diff"] / ref
@@ -224,6 +229,65 @@ def cost(runs: Path, quick: bool) -> str:
             "evaluation and validation come on top).\n")
 
 
+GRID_LABELS = {
+    "ce": "cross-entropy",
+    "ec-hierarchy": "expected cost, hierarchy",
+    "soft-independent": "soft labels, CNN-RNN `independent` U_l",
+    "hxe-independent": "HXE, CNN-RNN `independent` U_l",
+    "soft-own": "soft labels, the classifier's own class rows",
+    "hxe-own": "HXE, the classifier's own class rows",
+}
+BETAS = (2, 4, 6, 10, 20, 30)
+
+
+def sweep(runs: Path, quick: bool) -> str:
+    """Soft labels at each beta against cross-entropy (argmax and CRM) of the same schedule,
+    under the hierarchy: a table and the trade-off figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {f"beta {b}": _group(runs, "sweep-lstm", f"soft-beta{b}", "hierarchy", "argmax")
+            for b in BETAS}
+    rows["cross-entropy"] = _group(runs, "grid-lstm", "ce", "hierarchy", "argmax")
+    rows["cross-entropy + CRM"] = _group(runs, "grid-lstm", "ce", "hierarchy", "crm")
+    keys = (("accuracy", "top-1"), ("mistake_severity", "mistake severity"),
+            ("hdist@3", "hdist@3"), ("ece", "ECE"))
+    lines = ["| training | " + " | ".join(k[1] for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for name, group in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_cell([r[k] for r, _ in group],
+                                                       k == "accuracy") for k, _ in keys) + " |")
+    figures = runs / "figures" if quick else Path(__file__).resolve().parent.parent / \
+        "docs" / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    out = figures / "severity_tradeoff_lstm.png"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (key, label) in zip(axes, (("mistake_severity", "mistake severity"),
+                                       ("hdist@3", "hdist@3")), strict=True):
+        for name, group in rows.items():
+            x = [100 * r["accuracy"] for r, _ in group]
+            y = [r[key] for r, _ in group]
+            style = dict(marker="s", color="black") if name.startswith("cross") else \
+                dict(marker="o", color="tab:blue")
+            if name == "cross-entropy + CRM":
+                style = dict(marker="*", color="tab:red", markersize=12)
+            ax.errorbar(np.mean(x), np.mean(y), xerr=np.std(x, ddof=1),
+                        yerr=np.std(y, ddof=1), linestyle="none", **style)
+            ax.annotate(name.replace("cross-entropy", "CE"), (np.mean(x), np.mean(y)),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("top-1 accuracy (%)")
+        ax.set_ylabel(f"{label} under the hierarchy (lower is milder)")
+    fig.suptitle(f"one-direction LSTM, {'tiny QUICK runs' if quick else '10 epochs'}: soft "
+                 "labels by beta against cross-entropy (mean ± sd of 3 seeds; star: CRM)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    where = "figures/severity_tradeoff_lstm.png"
+    return "\n".join(lines) + f"\n\n![soft labels' trade-off by beta]({where})\n"
+
+
 def _block(fn: Callable[..., str], *args: str) -> Callable[[Path, bool], str]:
     return lambda runs, quick: fn(runs, *args)
 
@@ -232,9 +296,14 @@ GENERATORS: dict[str, Callable[[Path, bool], str]] = {
     "cost": cost,
     "saliency-outfits": _block(saliency, "outfits"),
     "costs-compared": _block(costs_compared),
-    "severity-lstm-hierarchy": _block(severity_summary, "lstm", "hierarchy"),
-    "severity-lstm-outfits": _block(severity_summary, "lstm", "outfits"),
-    "severity-lstm-diff-hierarchy": _block(severity_comparison, "lstm", "hierarchy"),
-    "severity-lstm-diff-outfits": _block(severity_comparison, "lstm", "outfits"),
-    "severity-lstm-verdict": _block(severity_verdict, "lstm"),
+    "severity-lstm-hierarchy": _block(severity_summary, "severity-lstm", "hierarchy"),
+    "severity-lstm-outfits": _block(severity_summary, "severity-lstm", "outfits"),
+    "severity-lstm-diff-hierarchy": _block(severity_comparison, "severity-lstm", "hierarchy"),
+    "severity-lstm-diff-outfits": _block(severity_comparison, "severity-lstm", "outfits"),
+    "severity-lstm-verdict": _block(severity_verdict, "severity-lstm"),
+    "grid-lstm-hierarchy": lambda runs, quick: severity_summary(runs, "grid-lstm", "hierarchy",
+                                                                GRID_LABELS),
+    "grid-lstm-diff-hierarchy": lambda runs, quick: severity_comparison(
+        runs, "grid-lstm", "hierarchy", GRID_LABELS),
+    "sweep-lstm": sweep,
 }
