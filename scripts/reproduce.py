@@ -46,12 +46,11 @@ class Step:
     args: list[str]
     train: bool = False
     after: list[str] = field(default_factory=list)
-    stdout: bool = False  # the command prints its result (evaluate --json): saved as `out`
 
 
 # --- the experiments -----------------------------------------------------------------------
 
-SEEDS = (0, 1, 2)
+SEEDS = tables.SEEDS
 QUICK_SINGLE = ["--epochs", "1", "--limit-train", "512", "--set", "val_size=500"]
 QUICK_MULTI = ["--epochs", "1", "--limit-train", "256", "--batch-size", "64",
                "--set", "val_size=500", "--set", "multilabel.val_mosaics=200",
@@ -103,15 +102,10 @@ def severity_study(model: str, quick: bool) -> list[Step]:
     each run under the hierarchy and under the `outfits` costs, with the argmax and with CRM
     (reproduce_tables.py; the evaluations are kept in the run folders)."""
     extra = QUICK_SINGLE if quick else []
-    steps = []
-    for method, flags in SEVERITY_METHODS.items():
-        for seed in SEEDS:
-            run = f"severity-{model}/{method}-s{seed}"
-            needs = ["embeddings/costs/outfits.csv"] if "{costs}" in " ".join(flags) else []
-            steps.append(Step(run, ["train", "--task", "single-label", *SEVERITY_MODELS[model],
-                                    "--seed", str(seed), *flags, *extra], train=True,
-                              after=needs))
-    return steps
+    return [step for method, flags in SEVERITY_METHODS.items()
+            for step in method_runs(f"severity-{model}", model, method, flags, extra,
+                                    ["embeddings/costs/outfits.csv"]
+                                    if "{costs}" in " ".join(flags) else [])]
 
 
 # the rest of the grid, on a shorter schedule (GRID_EPOCHS, stated beside its tables)
@@ -124,7 +118,15 @@ GRID_METHODS = {
     "soft-own": ["--loss", "soft-labels", "--costs", "{grid}/costs/own.csv"],
     "hxe-own": ["--loss", "hxe", "--costs", "{grid}/costs/own.csv"],
 }
-BETAS = (2, 4, 6, 10, 20, 30)
+BETAS = tables.BETAS
+
+
+def method_runs(exp: str, model: str, method: str, flags: list[str], extra: list[str],
+                needs: list[str]) -> list[Step]:
+    """One training step per seed of `method` in experiment folder `exp`."""
+    return [Step(f"{exp}/{method}-s{seed}",
+                 ["train", "--task", "single-label", *SEVERITY_MODELS[model], "--seed",
+                  str(seed), *flags, *extra], train=True, after=needs) for seed in SEEDS]
 
 
 def severity_grid(model: str, quick: bool) -> list[Step]:
@@ -139,10 +141,7 @@ def severity_grid(model: str, quick: bool) -> list[Step]:
         needs = [own] if "{grid}" in " ".join(flags) else \
             ["embeddings/costs/independent.csv"] if "{costs}" in " ".join(flags) else []
         flags = [f.replace("{grid}", "{runs}/" + grid) for f in flags]
-        for seed in SEEDS:
-            steps.append(Step(f"{grid}/{method}-s{seed}",
-                              ["train", "--task", "single-label", *SEVERITY_MODELS[model],
-                               "--seed", str(seed), *flags, *extra], train=True, after=needs))
+        steps += method_runs(grid, model, method, flags, extra, needs)
         if method == "ce":
             steps.append(Step(own, ["analyze", "costs", "embeddings", "{runs}/" + f"{grid}/ce-s0",
                                     "--out", "{runs}/" + own], after=[f"{grid}/ce-s0"]))
@@ -153,11 +152,10 @@ def beta_sweep(model: str, quick: bool) -> list[Step]:
     """Soft labels under the hierarchy at each beta (GRID_EPOCHS epochs, 3 seeds), drawn
     against the grid's cross-entropy runs of the same schedule."""
     extra = QUICK_SINGLE if quick else ["--epochs", str(GRID_EPOCHS)]
-    return [Step(f"sweep-{model}/soft-beta{beta}-s{seed}",
-                 ["train", "--task", "single-label", *SEVERITY_MODELS[model], "--seed",
-                  str(seed), "--loss", "soft-labels", "--costs", "hierarchy", "--set",
-                  f"single_label.beta={beta}", *extra], train=True)
-            for beta in BETAS for seed in SEEDS]
+    return [step for beta in BETAS
+            for step in method_runs(f"sweep-{model}", model, f"soft-beta{beta}",
+                                    ["--loss", "soft-labels", "--costs", "hierarchy", "--set",
+                                     f"single_label.beta={beta}"], extra, [])]
 
 
 def plan(quick: bool) -> list[Step]:
@@ -171,22 +169,10 @@ def plan(quick: bool) -> list[Step]:
 
 # --- running -------------------------------------------------------------------------------
 
-def run_finished(path: Path) -> bool:
-    """The run folder holds every epoch its config asks for (and its checkpoints)."""
-    import tomllib
-
-    if not (path / "config.toml").is_file() or not (path / "best.pt").is_file():
-        return False
-    epochs = tomllib.loads((path / "config.toml").read_text())["epochs"]
-    lines = (path / "metrics.jsonl").read_text().splitlines() \
-        if (path / "metrics.jsonl").is_file() else []
-    return len(lines) >= epochs
-
-
 def done(step: Step, runs: Path) -> bool:
     target = runs / step.out
     if step.train:
-        return run_finished(target)
+        return tables.run_finished(target)
     if not target.is_file():
         return False
     # an output older than a run it reads is made again (the run was trained on)
@@ -216,12 +202,6 @@ def execute(step: Step, runs: Path, cnnrnn: list[str], log: Callable[[str], None
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise SystemExit(f"reproduce: {step.out} failed (exit {proc.returncode}): "
                          + " | ".join(tail))
-    if step.stdout:
-        target = runs / step.out
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(proc.stdout)
-        tmp.replace(target)
     log(f"done {step.out} ({time.time() - start:.0f} s)")
 
 

@@ -42,14 +42,21 @@ class MissingRuns(Exception):
     """A block's runs are not (all) finished."""
 
 
-def _finished(run: Path) -> Path:
+def run_finished(path: Path) -> bool:
+    """The run folder holds every epoch its config asks for (and its checkpoints)."""
     import tomllib
 
-    cfg, history = run / "config.toml", run / "metrics.jsonl"
-    if not (cfg.is_file() and history.is_file() and (run / "best.pt").is_file()):
-        raise MissingRuns(f"{run} not trained")
-    if len(history.read_text().splitlines()) < tomllib.loads(cfg.read_text())["epochs"]:
-        raise MissingRuns(f"{run} not finished")
+    if not (path / "config.toml").is_file() or not (path / "best.pt").is_file():
+        return False
+    epochs = tomllib.loads((path / "config.toml").read_text())["epochs"]
+    lines = (path / "metrics.jsonl").read_text().splitlines() \
+        if (path / "metrics.jsonl").is_file() else []
+    return len(lines) >= epochs
+
+
+def _finished(run: Path) -> Path:
+    if not run_finished(run):
+        raise MissingRuns(f"{run} not trained or not finished")
     return run
 
 
@@ -120,11 +127,9 @@ def severity_differences(runs: Path, exp: str, costs: str,
 
 
 def _verdict(d: dict[str, Any], metric: str) -> str:
-    low, high = d["ci"]
-    if not (np.isfinite(low) and np.isfinite(high)) or low <= 0 <= high:
-        return "tie"
-    better = (low > 0) == stats.METRICS[metric].higher_is_better
-    return "better" if better else "worse"
+    """better, worse or tie: cnnrnn.stats.verdict of the method against cross-entropy."""
+    return stats.verdict(d["ci"], stats.METRICS[metric].higher_is_better, "better",
+                         "worse").removesuffix(" wins")
 
 
 def severity_comparison(runs: Path, exp: str, costs: str,

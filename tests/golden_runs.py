@@ -125,16 +125,24 @@ def cpu_signature() -> dict[str, Any]:
     return {"cpu": cpu_model(), "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
+def _record_files() -> dict[Path, dict[str, Any]]:
+    return {p: json.loads(p.read_text()) for p in sorted(GOLDEN.glob("results*.json"))}
+
+
 def records() -> list[dict[str, Any]]:
     """Every recorded CPU's numbers: tests/golden/results*.json."""
-    return [json.loads(p.read_text()) for p in sorted(GOLDEN.glob("results*.json"))]
+    return list(_record_files().values())
+
+
+def _record_path(signature: dict[str, Any]) -> Path | None:
+    return next((p for p, rec in _record_files().items()
+                 if rec["cpu"] == signature["cpu"] and rec.get("isa") == signature["isa"]),
+                None)
 
 
 def record_for(signature: dict[str, Any]) -> dict[str, Any] | None:
-    for rec in records():
-        if rec["cpu"] == signature["cpu"] and rec.get("isa") == signature["isa"]:
-            return rec
-    return None
+    path = _record_path(signature)
+    return None if path is None else json.loads(path.read_text())
 
 
 def strip(row: dict) -> dict:
@@ -155,10 +163,6 @@ def run_set(runs: dict[str, list[str]], out: Path, data_dir: Path, invoke,
                                               str(data_dir)])))
         results[name] = {"history": history, "evaluate": evaluation}
     return results
-
-
-def run_all(runs: Path, data_dir: Path, invoke) -> dict[str, dict]:
-    return run_set(RUNS, runs, data_dir, invoke)
 
 
 def _leaves(x: Any, where: str = ""):
@@ -227,14 +231,10 @@ def record(runs: Path, data_dir: Path) -> None:
     sig = cpu_signature()
     results = run_set(RUNS, runs / "bf16", data_dir, _subprocess_invoke)
     portable = run_set(PORTABLE, runs / "fp32", data_dir, _subprocess_invoke)
-    known = record_for(sig)
-    if known is None:
+    path = _record_path(sig)
+    if path is None:
         slug = re.sub(r"[^a-z0-9]+", "-", f"{sig['cpu']} {' '.join(sig['isa'])}".lower())
         path = GOLDEN / f"results-{slug.strip('-')}.json"
-    else:
-        path = next(p for p in GOLDEN.glob("results*.json")
-                    if json.loads(p.read_text())["cpu"] == sig["cpu"]
-                    and json.loads(p.read_text()).get("isa") == sig["isa"])
     GOLDEN.mkdir(exist_ok=True)
     path.write_text(json.dumps({**sig, "runs": results, "portable": portable}, indent=1,
                                sort_keys=True) + "\n")

@@ -63,15 +63,15 @@ def test_plan_pins_one_thread_and_orders_every_step_after_its_inputs(tmp_path):
 def test_a_run_is_finished_when_it_holds_every_epoch(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    assert not reproduce.run_finished(run)
+    assert not reproduce_tables.run_finished(run)
     (run / "config.toml").write_text("epochs = 2\n")
     (run / "best.pt").write_bytes(b"")
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
-    assert not reproduce.run_finished(run)
+    assert not reproduce_tables.run_finished(run)
     step = reproduce.Step("r", ["train"], train=True)
     assert reproduce.command(step, tmp_path, ["cnnrnn"])[-1] == "--overwrite"
     (run / "last.pt").write_bytes(b"")
     assert reproduce.command(step, tmp_path, ["cnnrnn"])[1:3] == ["train", "--resume"]
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n"
                                        + json.dumps({"epoch": 2}) + "\n")
-    assert reproduce.run_finished(run)
+    assert reproduce_tables.run_finished(run)
