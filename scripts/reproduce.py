@@ -159,12 +159,13 @@ def beta_sweep(model: str, quick: bool) -> list[Step]:
 
 
 def plan(quick: bool) -> list[Step]:
-    """Every step, in the order they are run: the deciding comparison first, then the grid's
+    """Every step, in the order they are run: the deciding comparison first (the one-direction
+    LSTM, then the cnn, both on their full recipes), then the grid's
     cross-entropy runs (the sweep's reference), the beta sweep and the rest of the grid."""
     grid = severity_grid("lstm", quick)
     first = [s for s in grid if "/ce-s" in s.out or s.out.endswith("own.csv")]
-    return [*embedding_runs(quick), *severity_study("lstm", quick), *first,
-            *beta_sweep("lstm", quick), *[s for s in grid if s not in first]]
+    return [*embedding_runs(quick), *severity_study("lstm", quick), *severity_study("cnn", quick),
+            *first, *beta_sweep("lstm", quick), *[s for s in grid if s not in first]]
 
 
 # --- running -------------------------------------------------------------------------------

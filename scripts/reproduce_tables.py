@@ -29,6 +29,7 @@ SEVERITY_LABELS = {
     "soft-outfits": "soft labels, CNN-RNN `outfits` U_l",
     "hxe-outfits": "HXE, CNN-RNN `outfits` U_l",
 }
+MODEL_NAMES = {"lstm": "One-direction LSTM", "cnn": "Small CNN"}
 SEVERITY_KEYS = (("accuracy", "top-1"), ("mistake_severity", "mistake severity"),
                  ("hdist@1", "hdist@1"), ("hdist@3", "hdist@3"), ("hdist@5", "hdist@5"),
                  ("ece", "ECE"))
@@ -180,7 +181,7 @@ def severity_verdict(runs: Path, exp: str) -> str:
     text += (f" For reference, CRM on plain cross-entropy (no retraining) gives "
              f"{100 * crm['hdist@3']['diff'] / ref:+.1f} % hdist@3 for "
              f"{_fmt(crm['accuracy']['diff'], True, True)} points of top-1. "
-             f"(One-direction LSTM, {len(SEEDS)} seeds a side, CNN-RNN U_l from `outfits` "
+             f"({MODEL_NAMES[exp.split('-', 1)[1]]}, {len(SEEDS)} seeds a side, CNN-RNN U_l from `outfits` "
              "mosaics; intervals: paired bootstrap over the test images.)")
     return text + "\n"
 
@@ -312,6 +313,11 @@ GENERATORS: dict[str, Callable[[Path, bool], str]] = {
     "severity-lstm-diff-hierarchy": _block(severity_comparison, "severity-lstm", "hierarchy"),
     "severity-lstm-diff-outfits": _block(severity_comparison, "severity-lstm", "outfits"),
     "severity-lstm-verdict": _block(severity_verdict, "severity-lstm"),
+    "severity-cnn-hierarchy": _block(severity_summary, "severity-cnn", "hierarchy"),
+    "severity-cnn-outfits": _block(severity_summary, "severity-cnn", "outfits"),
+    "severity-cnn-diff-hierarchy": _block(severity_comparison, "severity-cnn", "hierarchy"),
+    "severity-cnn-diff-outfits": _block(severity_comparison, "severity-cnn", "outfits"),
+    "severity-cnn-verdict": _block(severity_verdict, "severity-cnn"),
     "grid-lstm-hierarchy": lambda runs, quick: severity_summary(runs, "grid-lstm", "hierarchy",
                                                                 GRID_LABELS),
     "grid-lstm-diff-hierarchy": lambda runs, quick: severity_comparison(
