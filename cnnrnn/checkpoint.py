@@ -7,8 +7,10 @@ epoch), the best validation metric, the metric history and the RNG state.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -16,11 +18,25 @@ from cnnrnn.errors import CheckpointError
 from cnnrnn.files import atomic_write
 
 FORMAT = "cnnrnn-checkpoint-v1"
+# what torch.save's RuntimeError says when the file could not be written (a full disk)
+TORCH_WRITE_FAILED = ("unexpected pos", "file write failed")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+    def write(f: IO[bytes]) -> None:
+        try:
+            torch.save({"format": FORMAT, **state}, f)
+        except RuntimeError as e:
+            # a full disk reaches torch's zip writer as a short write, and torch raises
+            # "[enforce fail at inline_container.cc:...] . unexpected pos N vs M" (or "file
+            # write failed"), not the OSError behind it
+            if any(sign in str(e) for sign in TORCH_WRITE_FAILED):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+            raise
+
+    atomic_write(path, write)
 
 
 def read_torch_file(path: Path, what: str, fix: str) -> Any:

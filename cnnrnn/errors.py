@@ -33,3 +33,7 @@ class ConfigError(CnnrnnError):
 
 class CheckpointError(CnnrnnError):
     """A checkpoint is missing, unreadable or belongs to another model or task."""
+
+
+class DiskFullError(CnnrnnError):
+    """No space was left on the device while a file was written (the file was not written)."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from cnnrnn.errors import CnnrnnError
+from cnnrnn.errors import CnnrnnError, DiskFullError
 
 
 def atomic_write(path: str | Path, content: str | bytes | Callable[[IO[bytes]], None]) -> None:
@@ -38,7 +38,7 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[IO[bytes]], 
         tmp = None
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise CnnrnnError(f"no space left on the device of {path.parent}; free some space "
+            raise DiskFullError(f"no space left on the device of {path.parent}; free some space "
                               f"and run again ({path.name} was not written)") from None
         raise CnnrnnError(f"cannot write {path}: {e.strerror or e}") from None
     finally:

@@ -29,7 +29,7 @@ from typing import Any
 
 from cnnrnn.checkpoint import load_checkpoint, save_checkpoint
 from cnnrnn.config import TrainConfig, config_from_dict, save_config
-from cnnrnn.errors import CheckpointError, CnnrnnError
+from cnnrnn.errors import CheckpointError, CnnrnnError, DiskFullError
 from cnnrnn.files import atomic_write
 from cnnrnn.precision import cpu_model
 
@@ -76,7 +76,20 @@ class RunDir:
         return load_checkpoint(self.checkpoint_path(which))
 
     def save(self, state: dict[str, Any], which: str) -> None:
-        save_checkpoint(state, self.checkpoint_path(which))
+        """Write checkpoint `which`; a full disk keeps the one before and says how to go on."""
+        try:
+            save_checkpoint(state, self.checkpoint_path(which))
+        except DiskFullError:
+            if (self.path / LAST).is_file():
+                kept = f"the {LAST} saved before is kept"
+                then = f"continue with `cnnrnn train --resume {self.path}`"
+            else:
+                kept = "it has no checkpoint yet"
+                then = (f"start it again with `cnnrnn train --overwrite --out {self.path}` and "
+                        "the same options")
+            raise DiskFullError(f"the disk of run folder {self.path} is full: {which}.pt was "
+                                f"not written and {kept}; free some space, then {then}"
+                                ) from None
 
     # ---- text files ----------------------------------------------------------------------
 

@@ -175,6 +175,46 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
     assert target.read_bytes() == b"ok" and list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.parametrize("full", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1472 vs 1360"),
+    OSError(errno.ENOSPC, "No space left on device")], ids=["torch", "oserror"])
+def test_a_disk_that_fills_during_a_checkpoint_is_one_line_and_resumes(
+        full, run, tmp_path, data_dir, user_error, monkeypatch):
+    copy = tmp_path / "full"
+    shutil.copytree(run, copy)
+    before = (copy / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs) -> None:
+        f.write(b"part of a checkpoint")
+        raise full
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    user_error(f"the disk of run folder {copy} is full: best.pt was not written and the "
+               f"last.pt saved before is kept; free some space, then continue with `cnnrnn "
+               f"train --resume {copy}`", "train", "--resume", copy, "--epochs", "2",
+               "--data-dir", data_dir, "--quiet")
+    assert (copy / "last.pt").read_bytes() == before
+    assert not [p.name for p in copy.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(torch, "save", real_save)
+    cli("train", "--resume", copy, "--epochs", "2", "--data-dir", data_dir, "--quiet")
+    assert load_checkpoint(copy / "last.pt")["epoch"] == 2
+
+
+def test_a_disk_full_before_the_first_checkpoint_says_to_start_again(tmp_path, monkeypatch):
+    from cnnrnn.run_dir import RunDir
+
+    def disk_full(obj, f, *args, **kwargs) -> None:
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CnnrnnError, match=r"is full: last.pt was not written and it has no "
+                                          r"checkpoint yet; free some space, then start it "
+                                          r"again with `cnnrnn train --overwrite --out "):
+        RunDir(tmp_path).save({"epoch": 0}, "last")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- nothing cryptic -----------------------------------------------------------------------
 
 def test_resume_with_fewer_epochs_than_done(run, tmp_path, data_dir, user_error):
