@@ -160,9 +160,16 @@ def train(
                 raise CnnrnnError(f"--resume continues with the run's own config; drop "
                                   f"{', '.join(fixed)} (only {', '.join(RESUMABLE)} may "
                                   "change)")
-            cfg = RunDir(resume).resume_config(**{k: overrides.get(k) for k in RESUMABLE})
+            cfg, done, step = RunDir(resume).resume_point(
+                **{k: overrides.get(k) for k in RESUMABLE})
             if print_config:
                 _print_config(cfg, set())
+                return
+            if RunDir(resume).finished(cfg, done, step):
+                if world.is_main:
+                    _note(f"{resume} is finished ({done} of {cfg.epochs} epochs done), so "
+                          f"nothing was trained; to train it further, give it more epochs: "
+                          f"cnnrnn train --resume {resume} --epochs M, with M above {done}")
                 return
             out = resume
         else:

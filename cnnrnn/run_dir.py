@@ -190,10 +190,19 @@ class RunDir:
     def resume_config(self, **changes: Any) -> TrainConfig:
         """The config the run was started with (from last.pt), with the options that may change
         on resume (RESUMABLE) set to `changes`; None keeps the run's own."""
+        return self.resume_point(**changes)[0]
+
+    def resume_point(self, **changes: Any) -> tuple[TrainConfig, int, int]:
+        """`resume_config`, and where last.pt stopped: (config, epoch, step in that epoch)."""
         unknown = sorted(set(changes) - set(RESUMABLE))
         if unknown:
             raise CnnrnnError(f"--resume continues with the run's own config; drop "
                               f"{', '.join(unknown)} (only {', '.join(RESUMABLE)} may change)")
+        if (self.path / CONFIG).is_file() and not (self.path / LAST).exists():
+            raise CheckpointError(f"{self.path} stopped before its first checkpoint (it has no "
+                                  f"{LAST}), so there is nothing to resume; start it again with "
+                                  f"`cnnrnn train --overwrite --out {self.path}` and the same "
+                                  "options, or choose a new --out")
         state = self.load("last")
         cfg = config_from_dict(state["config"])
         epochs = changes.get("epochs")
@@ -201,7 +210,14 @@ class RunDir:
             raise CnnrnnError(f"{self.path} has done {state['epoch']} epochs; --epochs must be "
                               f"at least {state['epoch']} to resume it")
         given = {k: v for k, v in changes.items() if v is not None}
-        return config_from_dict({**cfg.to_dict(), **given}) if given else cfg
+        cfg = config_from_dict({**cfg.to_dict(), **given}) if given else cfg
+        return cfg, state["epoch"], state["step_in_epoch"]
+
+    def finished(self, cfg: TrainConfig, epoch: int, step_in_epoch: int) -> bool:
+        """Whether resuming at (epoch, step_in_epoch) would have nothing left to do: every
+        epoch of `cfg` done and the run's final files written."""
+        return (epoch >= cfg.epochs and not step_in_epoch
+                and (self.path / VAL_METRICS).is_file())
 
     def check_resumable(self, cfg: TrainConfig) -> dict[str, Any]:
         """last.pt, after checking that `cfg` differs from its config only where it may."""

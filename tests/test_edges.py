@@ -225,6 +225,28 @@ def test_resume_with_fewer_epochs_than_done(run, tmp_path, data_dir, user_error)
                "--epochs", "1")
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint(run, tmp_path, user_error):
+    copy = tmp_path / "early"
+    shutil.copytree(run, copy)
+    for name in ("last.pt", "best.pt", "val_metrics.json"):  # as a kill in epoch 1 leaves it
+        (copy / name).unlink()
+    user_error(f"{copy} stopped before its first checkpoint (it has no last.pt), so there is "
+               f"nothing to resume; start it again with `cnnrnn train --overwrite --out {copy}` "
+               "and the same options, or choose a new --out", "train", "--resume", copy)
+
+
+def test_resume_of_a_finished_run_says_so_and_trains_nothing(run, tmp_path):
+    copy = tmp_path / "done"
+    shutil.copytree(run, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    result = runner.invoke(app, ["train", "--resume", str(copy)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        f"{copy} is finished (1 of 1 epochs done), so nothing was trained; to train it "
+        f"further, give it more epochs: cnnrnn train --resume {copy} --epochs M, with M above 1")
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
 def test_an_optimizer_state_that_does_not_fit_the_model_is_one_line(run, tmp_path,
                                                                      user_error):
     copy = tmp_path / "copy"
