@@ -330,7 +330,7 @@ def predict(
     if out is not None and not out.parent.is_dir():
         raise CnnrnnError(f"--out {out}: folder {out.parent} does not exist; create it first")
     result = predict_run(run, inputs, device, invert,
-                         options={"decision": decision, "costs": costs})
+                         options={"decision": decision, "costs": costs}, say=_note)
     if out:
         atomic_write(out, json.dumps(result))
         typer.echo(f"wrote {out}", err=True)

@@ -76,8 +76,8 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu",
              ) -> tuple[TrainConfig, Task, nn.Module, dict[str, Any]]:
     """Rebuild a run's model from its checkpoint (the architecture comes from the checkpoint).
 
-    `say` hears a note when the run folder's config.toml was edited: the checkpoint's config
-    is the one used."""
+    `say` hears a one-line warning naming the keys when the run folder's config.toml was
+    edited after training: the checkpoint's config is the one used."""
     run_dir = RunDir(run)
     path = run_dir.checkpoint_path(checkpoint)
     state = run_dir.load(checkpoint)
@@ -85,7 +85,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu",
     if say is not None:
         drift = config_drift(run, cfg)
         if drift:
-            say(f"note: {run_dir / CONFIG} differs from the config stored in {path.name} "
+            say(f"warning: {run_dir / CONFIG} differs from the config stored in {path.name} "
                 f"({', '.join(drift[:5])}{', ...' if len(drift) > 5 else ''}); using the "
                 "checkpoint's")
     task = get_task(cfg.task)
@@ -250,12 +250,14 @@ def evaluate_samples(run: str | Path, split: str = "test", data_dir: str | Path 
 
 
 def predict_run(run: str | Path, input_path: str | Path, device: str = "cpu",
-                invert: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
+                invert: bool = False, options: dict[str, Any] | None = None,
+                say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Predictions of a run's best checkpoint for the images in `input_path`: a .npy or .npz
     array, a PNG or JPEG file or a folder of them (`cnnrnn.images.read_inputs`), with one
-    name per image. `invert` turns dark-on-light photos into light-on-dark ones first."""
+    name per image. `invert` turns dark-on-light photos into light-on-dark ones first. `say`
+    hears a warning when the run's config.toml was edited (`load_run`)."""
     resolve_device(device)  # an unknown or absent device fails before anything is read
-    cfg, task, model, _ = load_run(run, "best", device)
+    cfg, task, model, _ = load_run(run, "best", device, say)
     cfg = apply_eval_options(cfg, run, options or {})  # e.g. --decision crm --costs FILE
     images, names = read_inputs(input_path, task.image_size, invert)
     if len(images):

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -317,6 +318,22 @@ def test_an_edited_config_toml_is_named(run, tmp_path, data_dir):
     assert "config.toml differs from the config stored in best.pt (lr); using the checkpoint's" \
         in proc.stderr
     assert json.loads(proc.stdout)["accuracy"] > 0
+
+
+def test_predict_warns_about_an_edited_config_toml(run, tmp_path):
+    copy = tmp_path / "edited"
+    shutil.copytree(run, copy)
+    text = (copy / "config.toml").read_text()
+    text = text.replace("lr = 0.002", "lr = 0.5").replace("seed = 0", "seed = 7")
+    (copy / "config.toml").write_text(text)
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    result = runner.invoke(app, ["predict", str(copy), str(tmp_path / "x.npy")],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: {copy / 'config.toml'} differs from the config stored in best.pt (lr, seed); "
+        "using the checkpoint's"]
+    assert len(json.loads(result.stdout)["names"]) == 2
 
 
 def test_an_absurd_stored_model_is_refused_before_allocation(run, tmp_path, user_error):
