@@ -12,6 +12,7 @@ or from the JSON it writes.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 from pathlib import Path
@@ -149,6 +150,12 @@ def load_costs(spec: str | Path) -> np.ndarray:
     """A cost matrix by name (`hierarchy`) or from a file (see read_costs)."""
     if str(spec) in BUILT_IN:
         return BUILT_IN[str(spec)]()
+    if not Path(spec).is_file():
+        close = difflib.get_close_matches(str(spec), BUILT_IN, n=1)
+        if close:  # a misspelt name, not a missing file
+            raise CnnrnnError(f"unknown costs {str(spec)!r}: no such file, and not a built-in "
+                              f"name; did you mean {close[0]}? (built in: "
+                              f"{', '.join(BUILT_IN)}; or a file from `cnnrnn analyze costs`)")
     return read_costs(spec)
 
 

@@ -237,6 +237,7 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over all ranks
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    criterion = task.criterion(cfg).to(device)  # reads a cost file: fails before run.start
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(cfg, trainable)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
@@ -271,7 +272,7 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:  # the step calls only model(...), so the compiled module trains the same
         train_model = torch.compile(train_model)
-    session = Session(cfg, task, run, data, model, task.criterion(cfg).to(device), opt,
+    session = Session(cfg, task, run, data, model, criterion, opt,
                       trainable, device, dict(data.info), world, train_model, scaler)
     return session, st
 

@@ -336,6 +336,20 @@ def test_predict_warns_about_an_edited_config_toml(run, tmp_path):
     assert len(json.loads(result.stdout)["names"]) == 2
 
 
+def test_a_misspelt_built_in_cost_name_gets_a_suggestion(run, tmp_path, data_dir, user_error):
+    from cnnrnn.run_dir import RunDir
+
+    out = tmp_path / "soft"
+    user_error("unknown costs 'hierachy': no such file, and not a built-in name; did you mean "
+               "hierarchy?", "train", "--loss", "soft-labels", "--costs", "hierachy", "--epochs",
+               "1", "--out", out, "--data-dir", data_dir, *TINY)
+    assert not RunDir(out).holds_run()  # refused before config.toml: the same --out works next
+    user_error("did you mean hierarchy?", "evaluate", run, "--costs", "Hierarchy", "--data-dir",
+               data_dir)
+    user_error("cost file elsewhere.csv not found", "evaluate", run, "--costs", "elsewhere.csv",
+               "--data-dir", data_dir)
+
+
 def test_an_absurd_stored_model_is_refused_before_allocation(run, tmp_path, user_error):
     copy = tmp_path / "absurd"
     shutil.copytree(run, copy)
