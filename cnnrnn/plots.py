@@ -62,6 +62,7 @@ def _epoch_axis(ax: Axes) -> None:
 def _save(fig: Figure, out: str | Path) -> Path:
     out = figure_path(out)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # as `analyze costs --out` does
         fig.savefig(out, dpi=DPI)
     finally:
         plt.close(fig)

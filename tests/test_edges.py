@@ -350,6 +350,13 @@ def test_a_misspelt_built_in_cost_name_gets_a_suggestion(run, tmp_path, data_dir
                "--data-dir", data_dir)
 
 
+def test_figures_go_into_a_folder_that_does_not_exist_yet(run, tmp_path, data_dir):
+    # as `analyze costs --out` makes its folder, so does every figure
+    plot = tmp_path / "missing" / "deeper" / "x.png"
+    cli("compare", run, "--plot", plot, "--data-dir", data_dir)
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
 def test_an_absurd_stored_model_is_refused_before_allocation(run, tmp_path, user_error):
     copy = tmp_path / "absurd"
     shutil.copytree(run, copy)
