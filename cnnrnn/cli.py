@@ -538,8 +538,9 @@ def data_show(
     out: Annotated[Path, typer.Option(
         help="Figure to write; the extension (.png, .pdf, .svg) sets the format")] = Path(
         "samples.png"),
-    mosaics: Annotated[Path | None, typer.Option(help="Draw mosaics from this .npz instead")
-                       ] = None,
+    mosaics: Annotated[Path | None, typer.Option(
+        help="Draw mosaics from this .npz (of `cnnrnn data mosaics`) instead, or from a .npy "
+             "of images (N, 56, 56) uint8, drawn without names")] = None,
     n: Annotated[int, typer.Option(help="How many images (at least 1)")] = 30,
     seed: Annotated[int, typer.Option(help="Which images are drawn")] = 0,
     data_dir: DataDir = None,

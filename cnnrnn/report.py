@@ -62,19 +62,21 @@ def label_set_names(labels: np.ndarray) -> list[str]:
 
 def show_mosaics(path: Path, out: Path, n: int, seed: int) -> None:
     """n mosaics of the file (all if it holds fewer), drawn at random by `seed` without
-    replacement and kept in file order, with lines between their cells and their label sets."""
-    from cnnrnn.data.mosaics import CELL, load_mosaics
+    replacement and kept in file order, with lines between their cells and their label sets.
+
+    The file is an .npz of `cnnrnn data mosaics`, or a .npy of images (N, S, S) uint8 alone,
+    drawn without names."""
+    from cnnrnn.data.mosaics import CELL, load_mosaic_images
     from cnnrnn.errors import DataError
     from cnnrnn.plots import plot_image_grid
 
-    images, labels = load_mosaics(path)
+    images, labels = load_mosaic_images(path)
     if len(images) == 0:
         raise DataError(f"{path} holds no mosaics; write some with `cnnrnn data mosaics`")
     picks = np.sort(np.random.default_rng(seed).choice(len(images), min(n, len(images)),
                                                        replace=False))
-    images, labels = np.asarray(images)[picks], np.asarray(labels)[picks]
-    plot_image_grid(images, label_set_names(labels), out, ncols=min(6, max(1, len(images))),
-                    cell=CELL)
+    titles = [""] * len(picks) if labels is None else label_set_names(labels[picks])
+    plot_image_grid(images[picks], titles, out, ncols=min(6, max(1, len(picks))), cell=CELL)
 
 
 # Bytes one 56x56 mosaic may take while it is drawn and written: the peak memory of

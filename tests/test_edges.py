@@ -357,6 +357,22 @@ def test_figures_go_into_a_folder_that_does_not_exist_yet(run, tmp_path, data_di
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
+def test_data_show_draws_a_npy_of_mosaic_images(tmp_path, user_error):
+    images = np.random.default_rng(0).integers(0, 256, (4, 56, 56), dtype=np.uint8)
+    np.save(tmp_path / "m.npy", images)
+    out = tmp_path / "show.png"
+    cli("data", "show", "--mosaics", tmp_path / "m.npy", "--n", "3", "--out", out)
+    assert out.read_bytes().startswith(b"\x89PNG")
+    np.save(tmp_path / "f.npy", images.astype(np.float32))
+    user_error("images must be a (N, S, S) uint8 array", "data", "show", "--mosaics",
+               tmp_path / "f.npy", "--out", out)
+    from cnnrnn.data.mosaics import load_mosaics
+
+    with pytest.raises(CnnrnnError, match=r"m.npy holds images without labels \(a .npy array\); "
+                                          r"pass the .npz that `cnnrnn data mosaics` writes"):
+        load_mosaics(tmp_path / "m.npy")  # where labels are needed, as in training
+
+
 def test_an_absurd_stored_model_is_refused_before_allocation(run, tmp_path, user_error):
     copy = tmp_path / "absurd"
     shutil.copytree(run, copy)

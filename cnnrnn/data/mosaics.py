@@ -373,26 +373,41 @@ def load_mosaic_cells(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_mosaics(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read an .npz written by save_mosaics: images (N, S, S) uint8, labels (N, 10) uint8."""
+    images, labels = load_mosaic_images(path)
+    if labels is None:
+        raise DataError(f"{path} holds images without labels (a .npy array); pass the .npz "
+                        "that `cnnrnn data mosaics` writes")
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def load_mosaic_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mosaics of an .npz written by save_mosaics (images and labels), or of a .npy array
+    of images (N, S, S) uint8 alone, whose labels are then None."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"mosaic file {path} not found; write one with `cnnrnn data mosaics`")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("images", "labels") if k not in npz.files]
-            if missing:
-                raise DataError(f"{path}: missing array {missing[0]!r}; a mosaic file holds "
-                                "'images' and 'labels' (write it with `cnnrnn data mosaics`)")
-            images, labels = npz["images"], npz["labels"]
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a .npy: images alone
+            images, labels = loaded, None
+        else:
+            with loaded as npz:
+                missing = [k for k in ("images", "labels") if k not in npz.files]
+                if missing:
+                    raise DataError(f"{path}: missing array {missing[0]!r}; a mosaic file holds "
+                                    "'images' and 'labels' (write it with `cnnrnn data "
+                                    "mosaics`)")
+                images, labels = npz["images"], npz["labels"]
     except DataError:
         raise
     except (OSError, ValueError) as e:  # not a zip, truncated, or an object array
         raise DataError(f"{path}: not a readable .npz of mosaics ({e}); write it again with "
                         "`cnnrnn data mosaics`") from None
     _check_mosaics(images, labels, str(path))
-    return torch.from_numpy(images), torch.from_numpy(labels)
+    return images, labels
 
 
-def _check_mosaics(images: np.ndarray, labels: np.ndarray, where: str) -> None:
+def _check_mosaics(images: np.ndarray, labels: np.ndarray | None, where: str) -> None:
     if images.dtype != np.uint8 or images.ndim != 3:
         raise DataError(f"{where}: images must be a (N, S, S) uint8 array, got shape "
                         f"{images.shape} dtype {images.dtype}")
@@ -400,6 +415,8 @@ def _check_mosaics(images: np.ndarray, labels: np.ndarray, where: str) -> None:
     if images.shape[2] != S or S == 0 or S % CELL:
         raise DataError(f"{where}: images must be square with a side that is a multiple of "
                         f"{CELL}, got shape {images.shape}")
+    if labels is None:
+        return
     if labels.dtype != np.uint8 or labels.shape != (len(images), NUM_CLASSES):
         raise DataError(f"{where}: labels must be a ({len(images)}, {NUM_CLASSES}) uint8 array, "
                         f"got shape {labels.shape} dtype {labels.dtype}")
