@@ -114,7 +114,8 @@ def train(
     )] = None,
     loss: Annotated[str | None, typer.Option(
         help="single-label: cross-entropy, soft-labels, expected-cost or hxe (these three "
-        "need --costs; hxe's tree is the hierarchy or the clustering of the cost file)")] = None,
+        "need --costs; hxe's tree is the hierarchy or the clustering of the cost file); "
+        "multilabel bce and query: bce or asl")] = None,
     costs: Annotated[str | None, typer.Option(
         help="A class-cost matrix, 'hierarchy' or a CSV/JSON file (`cnnrnn analyze costs`): "
         "for the severity-aware losses, the CRM decision and the severity metrics")] = None,

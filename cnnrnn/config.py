@@ -39,6 +39,8 @@ ORDERS = ("frequency", "rare-first", "random", "pla")
 LOSSES = ("cross-entropy", "soft-labels", "expected-cost", "hxe")
 DECISIONS = ("argmax", "crm")
 STEP_TARGETS = ("next", "set")  # the CNN-RNN's step target (cnnrnn.losses.SequenceNLL)
+# the per-label loss of the binary-relevance heads (bce, query): cnnrnn.losses.label_loss
+LABEL_LOSSES = ("bce", "asl")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -122,9 +124,22 @@ class MultilabelConfig:
     # cnn-rnn: each step's target, "next" (the next label of the order: the paper) or "set"
     # (any true label not yet emitted: an orderless target, with order = "pla"; losses.py)
     step_target: str = "next"
+    # per-label heads (bce, query): "bce" or "asl", the asymmetric loss (Ridnik et al., ICCV
+    # 2021, timm's AsymmetricLossMultiLabel), a mean over batch and labels as BCE's is
+    loss: str = "bce"
+    asl_gamma_neg: float = 4.0  # asl: focusing exponent of the negative labels (timm's default)
+    asl_gamma_pos: float = 1.0  # asl: focusing exponent of the positive labels
+    asl_clip: float = 0.05  # asl: probability margin shifted onto the negatives; 0 = off
 
     def validate(self) -> None:
         _check_choice("multilabel.order", self.order, ORDERS)
+        _check_choice("multilabel.loss", self.loss, LABEL_LOSSES)
+        for key, value in (("multilabel.asl_gamma_neg", self.asl_gamma_neg),
+                           ("multilabel.asl_gamma_pos", self.asl_gamma_pos)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
+        if not 0.0 <= self.asl_clip < 1.0:
+            raise ConfigError(f"multilabel.asl_clip must be in [0, 1), got {self.asl_clip}")
         _check_choice("multilabel.step_target", self.step_target, STEP_TARGETS)
         if self.step_target == "set" and self.order != "pla":
             raise ConfigError("multilabel.step_target = 'set' needs multilabel.order = 'pla' "
@@ -200,6 +215,9 @@ class TrainConfig:
         if self.seed >= 2**63:
             raise ConfigError(f"seed must be below 2**63, got {self.seed}")
         self.task_options.validate()
+        if self.task == "multilabel" and self.model == "cnn-rnn" and self.multilabel.loss != "bce":
+            raise ConfigError(f"multilabel.loss = {self.multilabel.loss!r} is for the per-label "
+                              "heads (bce, query); the cnn-rnn is trained on its label sequence")
         return self
 
     @property

@@ -8,13 +8,14 @@ a class tree) belong here too.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnrnn.config import STEP_TARGETS
+from cnnrnn.config import STEP_TARGETS, MultilabelConfig
 from cnnrnn.errors import ConfigError, DataError
 from cnnrnn.models.cnn_rnn import IGNORE_INDEX, SequenceOutput
 from cnnrnn.trees import ClassTree
@@ -102,6 +103,44 @@ class BinaryCrossEntropy(nn.Module):
             raise DataError(f"label sets must be multi-hot of shape (B, {logits.shape[-1]}), "
                             f"got {tuple(y.shape)}")
         return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+
+
+class AsymmetricLoss(nn.Module):
+    """ASL, Ridnik et al. (ICCV 2021), as `timm.loss.AsymmetricLossMultiLabel` computes it:
+    per label, -y (1-p)^gamma_pos log p - (1-y) p_m^gamma_neg log(1 - p_m), p = sigmoid(logit),
+    p_m = max(p - clip, 0) (the easy negatives' probability shifted down, then thresholded).
+
+    Reduced as `BinaryCrossEntropy` is, a mean over batch and labels, so the two share a
+    learning rate: timm's default ("batchmean") sums over the labels (K times larger) and the
+    paper's code sums over the batch too. With gamma_neg = gamma_pos = clip = 0 it is BCE
+    (up to timm's clamp of p at 1e-8 before the log). Computed in fp32 whatever the autocast.
+    logits (B, K), multi-hot label sets (B, K) -> scalar."""
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: float = 0.05
+                 ) -> None:
+        super().__init__()
+        from timm.loss import AsymmetricLossMultiLabel  # timm is slow to import: only when used
+
+        # newer timm releases take a `reduction`; older ones return the sum over batch and
+        # labels, which forward divides by B * K itself
+        self.mean = "reduction" in inspect.signature(AsymmetricLossMultiLabel).parameters
+        self.asl = AsymmetricLossMultiLabel(gamma_neg, gamma_pos, clip,
+                                            **({"reduction": "mean"} if self.mean else {}))
+
+    def forward(self, logits: Tensor, y: Tensor) -> Tensor:
+        if y.shape != logits.shape:
+            raise DataError(f"label sets must be multi-hot of shape (B, {logits.shape[-1]}), "
+                            f"got {tuple(y.shape)}")
+        with torch.autocast(logits.device.type, enabled=False):
+            loss = self.asl(logits.float(), y.float())
+        return loss if self.mean else loss / logits.numel()
+
+
+def label_loss(ml: MultilabelConfig) -> nn.Module:
+    """The per-label loss of the binary-relevance heads (bce, query): `multilabel.loss`."""
+    if ml.loss == "asl":
+        return AsymmetricLoss(ml.asl_gamma_neg, ml.asl_gamma_pos, ml.asl_clip)
+    return BinaryCrossEntropy()
 
 
 class SoftLabels(nn.Module):

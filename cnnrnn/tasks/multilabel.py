@@ -30,7 +30,7 @@ from cnnrnn.data.loader import mix_seed, to_input
 from cnnrnn.data.mosaics import MosaicGenerator, make_split_mosaics, split_pool
 from cnnrnn.data.priors import load_prior, mix_priors
 from cnnrnn.errors import CheckpointError, CnnrnnError
-from cnnrnn.losses import BinaryCrossEntropy, SequenceNLL
+from cnnrnn.losses import SequenceNLL, label_loss
 from cnnrnn.metrics.multilabel import multilabel_metrics
 from cnnrnn.metrics.severity import set_severity
 from cnnrnn.models.bce import choose_threshold
@@ -208,7 +208,7 @@ FAMILIES: dict[str, Family] = {
         build_kwargs=_cnn_rnn_kwargs,
         describe=lambda cfg: {"order": cfg.multilabel.order}),
     "bce": Family(
-        criterion=lambda cfg: BinaryCrossEntropy(),
+        criterion=lambda cfg: label_loss(cfg.multilabel),
         decode=lambda model, x, cfg: model.predict(x, float(model.threshold)),
         build_kwargs=lambda cfg, data: {},
         calibrated=True),

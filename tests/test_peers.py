@@ -1,0 +1,78 @@
+"""Today's multi-label heads beside the CNN-RNN: the asymmetric loss (ASL), the count head, the
+query head, the top-3 protocol and the held-out mosaic priors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnrnn.config import load_config
+from cnnrnn.encoders import prepare
+from cnnrnn.errors import ConfigError
+from cnnrnn.evaluate import evaluate_run
+from cnnrnn.losses import AsymmetricLoss, label_loss
+from cnnrnn.train import train
+
+FIXTURE_ENCODER = Path(__file__).resolve().parent / "fixtures" / "old_runs" / "bce"
+# a tiny run on the fixture's frozen width-0.0625 encoder (as golden_runs.py's portable runs)
+TINY = {"epochs": 1, "limit_train": 256, "batch_size": 64, "val_size": 500,
+        "precision": "fp32", "model.encoder_width": 0.0625, "eval_batch_size": 200,
+        "multilabel.val_mosaics": 200, "multilabel.test_mosaics": 200,
+        "multilabel.mix_independent": 0.0, "multilabel.finetune_encoder": False,
+        "multilabel.encoder_checkpoint": str(FIXTURE_ENCODER)}
+
+
+def train_tiny(model: str, run: Path, data_dir: Path, **over) -> dict:
+    overrides = {**TINY, **over}
+    cfg = prepare(load_config("multilabel", model, overrides=overrides), explicit=overrides)
+    train(cfg, run, data_dir=data_dir)
+    return evaluate_run(run, "test", data_dir)  # the model rebuilt from its checkpoint
+
+
+# --- ASL -------------------------------------------------------------------------------------
+
+def _logits_and_labels(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(32, 10, generator=g)  # |logit| < 5: log(sigmoid) loses no digits
+    return logits, (torch.rand(32, 10, generator=g) < 0.3).float()
+
+
+def test_asl_without_focusing_and_clipping_is_bce():
+    logits, y = _logits_and_labels()
+    asl = AsymmetricLoss(gamma_neg=0.0, gamma_pos=0.0, clip=0.0)(logits, y)
+    torch.testing.assert_close(asl, F.binary_cross_entropy_with_logits(logits, y),
+                               atol=1e-6, rtol=0)
+
+
+def test_asl_under_bf16_autocast_is_the_fp32_loss():
+    logits, y = _logits_and_labels(1)
+    loss = AsymmetricLoss()  # timm's defaults: 4, 1, 0.05
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss(logits, y)
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+    assert low.item() == loss(logits, y).item()
+    # and below BCE's scale only by the focusing: the same mean over batch and labels
+    assert 0 < low.item() < F.binary_cross_entropy_with_logits(logits, y).item()
+
+
+def test_label_loss_follows_the_config():
+    asl = load_config("multilabel", "bce", overrides={"multilabel.loss": "asl",
+                                                      "multilabel.asl_gamma_neg": 2})
+    assert isinstance(label_loss(asl.multilabel), AsymmetricLoss)
+    assert label_loss(asl.multilabel).asl.gamma_neg == 2
+    with pytest.raises(ConfigError, match="multilabel.loss = 'focal' is not one of bce, asl"):
+        load_config("multilabel", "bce", overrides={"multilabel.loss": "focal"})
+    with pytest.raises(ConfigError, match="is for the per-label heads"):
+        load_config("multilabel", "cnn-rnn", overrides={"multilabel.loss": "asl"})
+    with pytest.raises(ConfigError, match="asl_clip must be in"):
+        load_config("multilabel", "bce", overrides={"multilabel.asl_clip": 1.0})
+
+
+def test_bce_trains_with_asl(data_dir, tmp_path):
+    result = train_tiny("bce", tmp_path / "asl", data_dir, **{"multilabel.loss": "asl"})
+    assert 0.0 <= result["O-F1"] <= 1.0
+    config = (tmp_path / "asl" / "config.toml").read_text()
+    assert 'loss = "asl"' in config
