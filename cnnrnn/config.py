@@ -130,12 +130,14 @@ class MultilabelConfig:
     asl_gamma_neg: float = 4.0  # asl: focusing exponent of the negative labels (timm's default)
     asl_gamma_pos: float = 1.0  # asl: focusing exponent of the positive labels
     asl_clip: float = 0.05  # asl: probability margin shifted onto the negatives; 0 = off
+    count_weight: float = 1.0  # model.count_head: weight of the count's cross-entropy
 
     def validate(self) -> None:
         _check_choice("multilabel.order", self.order, ORDERS)
         _check_choice("multilabel.loss", self.loss, LABEL_LOSSES)
         for key, value in (("multilabel.asl_gamma_neg", self.asl_gamma_neg),
-                           ("multilabel.asl_gamma_pos", self.asl_gamma_pos)):
+                           ("multilabel.asl_gamma_pos", self.asl_gamma_pos),
+                           ("multilabel.count_weight", self.count_weight)):
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
         if not 0.0 <= self.asl_clip < 1.0:

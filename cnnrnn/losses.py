@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from cnnrnn.config import STEP_TARGETS, MultilabelConfig
 from cnnrnn.errors import ConfigError, DataError
 from cnnrnn.models.cnn_rnn import IGNORE_INDEX, SequenceOutput
+from cnnrnn.models.count import CountedLogits
 from cnnrnn.trees import ClassTree
 
 
@@ -136,11 +137,31 @@ class AsymmetricLoss(nn.Module):
         return loss if self.mean else loss / logits.numel()
 
 
+class WithCount(nn.Module):
+    """A per-label loss, plus `weight` x the cross-entropy of the count head's logits against
+    the number of true labels when the model has a count head (it returns `CountedLogits`)."""
+
+    def __init__(self, per_label: nn.Module, weight: float = 1.0) -> None:
+        super().__init__()
+        self.per_label = per_label
+        self.weight = weight
+
+    def forward(self, out: Tensor | CountedLogits, y: Tensor) -> Tensor:
+        if not isinstance(out, CountedLogits):
+            return self.per_label(out, y)
+        counts = (y != 0).sum(1)  # (B,) in 0 .. K
+        return self.per_label(out.logits, y) + self.weight * F.cross_entropy(
+            out.count_logits.float(), counts)
+
+
 def label_loss(ml: MultilabelConfig) -> nn.Module:
-    """The per-label loss of the binary-relevance heads (bce, query): `multilabel.loss`."""
+    """The loss of the per-label heads (bce, query): `multilabel.loss`, plus the count's
+    cross-entropy when the model has a count head."""
     if ml.loss == "asl":
-        return AsymmetricLoss(ml.asl_gamma_neg, ml.asl_gamma_pos, ml.asl_clip)
-    return BinaryCrossEntropy()
+        per_label: nn.Module = AsymmetricLoss(ml.asl_gamma_neg, ml.asl_gamma_pos, ml.asl_clip)
+    else:
+        per_label = BinaryCrossEntropy()
+    return WithCount(per_label, ml.count_weight)
 
 
 class SoftLabels(nn.Module):

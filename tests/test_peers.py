@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from cnnrnn.config import load_config
 from cnnrnn.encoders import prepare
 from cnnrnn.errors import ConfigError
-from cnnrnn.evaluate import evaluate_run
-from cnnrnn.losses import AsymmetricLoss, label_loss
+from cnnrnn.evaluate import evaluate_run, load_run
+from cnnrnn.losses import AsymmetricLoss, BinaryCrossEntropy, WithCount, label_loss
+from cnnrnn.models import build_model
+from cnnrnn.models.count import CountedLogits, top_k_sets
 from cnnrnn.train import train
 
 FIXTURE_ENCODER = Path(__file__).resolve().parent / "fixtures" / "old_runs" / "bce"
@@ -61,8 +63,8 @@ def test_asl_under_bf16_autocast_is_the_fp32_loss():
 def test_label_loss_follows_the_config():
     asl = load_config("multilabel", "bce", overrides={"multilabel.loss": "asl",
                                                       "multilabel.asl_gamma_neg": 2})
-    assert isinstance(label_loss(asl.multilabel), AsymmetricLoss)
-    assert label_loss(asl.multilabel).asl.gamma_neg == 2
+    assert isinstance(label_loss(asl.multilabel).per_label, AsymmetricLoss)
+    assert label_loss(asl.multilabel).per_label.asl.gamma_neg == 2
     with pytest.raises(ConfigError, match="multilabel.loss = 'focal' is not one of bce, asl"):
         load_config("multilabel", "bce", overrides={"multilabel.loss": "focal"})
     with pytest.raises(ConfigError, match="is for the per-label heads"):
@@ -76,3 +78,55 @@ def test_bce_trains_with_asl(data_dir, tmp_path):
     assert 0.0 <= result["O-F1"] <= 1.0
     config = (tmp_path / "asl" / "config.toml").read_text()
     assert 'loss = "asl"' in config
+
+
+# --- the count head --------------------------------------------------------------------------
+
+def test_top_k_sets_by_hand():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.3, 0.3, 0.2, 0.1], [0.5, 0.4, 0.3, 0.2]])
+    sets = top_k_sets(scores, torch.tensor([2, 1, 0]))
+    assert sets.tolist() == [[0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]]  # a tie: lower label
+
+
+@pytest.mark.parametrize("name", ["bce"])
+def test_count_head_emits_exactly_the_predicted_count(name):
+    torch.manual_seed(0)
+    model = build_model(name, {"encoder_width": 0.0625, "count_head": True}, 10, "multilabel")
+    model.eval()
+    x = torch.randn(16, 1, 56, 56)
+    features = model.encode(x).float()
+    with torch.no_grad():  # spread the counts: an untrained head predicts one count for all
+        linear = model.count.linear
+        linear.weight.normal_(0, 10 / features.std().item())
+        linear.bias.copy_(-linear(features).mean(0) + linear.bias)
+    sets, scores = model.predict(x)
+    k = model.count(features).argmax(1)  # (B,) the predicted counts
+    assert len(set(k.tolist())) > 1
+    assert sets.sum(1).tolist() == k.tolist()
+    for row, s, n in zip(sets, scores, k.tolist(), strict=True):  # the top-scored labels
+        assert set(row.nonzero().flatten().tolist()) == set(s.argsort(descending=True)[:n]
+                                                           .tolist())
+    out = model.train()(x)
+    assert out.logits.shape == (16, 10) and out.count_logits.shape == (16, 11)
+
+
+def test_count_loss_adds_the_count_cross_entropy():
+    logits, y = _logits_and_labels(2)
+    count_logits = torch.randn(32, 11)
+    loss = WithCount(BinaryCrossEntropy(), weight=0.5)
+    want = (F.binary_cross_entropy_with_logits(logits, y)
+            + 0.5 * F.cross_entropy(count_logits, y.sum(1).long()))
+    torch.testing.assert_close(loss(CountedLogits(logits, count_logits), y), want)
+    torch.testing.assert_close(loss(logits, y), F.binary_cross_entropy_with_logits(logits, y))
+
+
+@pytest.mark.parametrize("name", ["bce"])
+def test_count_head_trains_end_to_end(name, data_dir, tmp_path):
+    run = tmp_path / name
+    result = train_tiny(name, run, data_dir, **{"model.count_head": True})
+    assert 0.0 <= result["O-F1"] <= 1.0
+    _, _, model, _ = load_run(run)
+    assert model.count is not None
+    x = torch.randn(8, 1, 56, 56)
+    sets, _ = model.predict(x)
+    assert sets.sum(1).tolist() == model.count(model.encode(x).float()).argmax(1).tolist()

@@ -1,7 +1,8 @@
 """Binary relevance, the baseline the CNN-RNN is measured against: the same encoder, one linear
 layer with K outputs, and an independent sigmoid per label trained with binary cross-entropy.
 It ignores label co-occurrence by construction; a single decision threshold, chosen on
-validation data to maximise O-F1 (micro F1), turns its scores into label sets.
+validation data to maximise O-F1 (micro F1), turns its scores into label sets; with a count
+head (models/count.py) each image gets its predicted number of top-scored labels instead.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnrnn.errors import DataError
+from cnnrnn.models.count import CountedLogits, CountHead, top_k_sets
 from cnnrnn.models.encoder import HasEncoder
 
 
@@ -22,31 +24,40 @@ class BCEHead(HasEncoder):
         num_labels: int = 10,
         dropout: float = 0.0,
         freeze_encoder: bool = False,
+        count_head: bool = False,
     ) -> None:
         super().__init__()
         self.set_encoder(encoder, freeze_encoder)
         self.num_labels = num_labels
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.num_features, num_labels)
+        self.count = CountHead(encoder.num_features, num_labels) if count_head else None
 
     def logits_from_features(self, features: Tensor) -> Tensor:
         """(B, D) -> (B, K) logits."""
         return self.head(self.dropout(features))
 
-    def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor:
-        """(B, 1, H, W) -> (B, K) logits; the encoder under the caller's autocast, the head in
-        fp32. `targets` is accepted (and unused) so every multilabel model is called alike;
-        `cnnrnn.losses.BinaryCrossEntropy` turns the logits into the loss."""
+    def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor | CountedLogits:
+        """(B, 1, H, W) -> (B, K) logits, with the count head `CountedLogits` (the logits and
+        (B, K+1) count logits); the encoder under the caller's autocast, the heads in fp32.
+        `targets` is accepted (and unused) so every multilabel model is called alike;
+        `cnnrnn.losses.label_loss` turns the output into the loss."""
         features = self.encode(x).float()  # (B, D)
         with torch.autocast(x.device.type, enabled=False):
-            return self.logits_from_features(features)
+            logits = self.logits_from_features(features)
+            if self.count is None:
+                return logits
+            return CountedLogits(logits, self.count(features))
 
     @torch.no_grad()
     def predict_from_features(
         self, features: Tensor, threshold: float = 0.5
     ) -> tuple[Tensor, Tensor]:
-        """(B, D) -> label sets (B, K) uint8 (score >= threshold) and sigmoid scores (B, K)."""
+        """(B, D) -> label sets (B, K) uint8 and sigmoid scores (B, K). A set holds the labels
+        of score >= threshold, or with the count head the predicted count's top-scored ones."""
         scores = torch.sigmoid(self.logits_from_features(features).float())
+        if self.count is not None:
+            return top_k_sets(scores, self.count(features).argmax(1)), scores
         return (scores >= threshold).to(torch.uint8), scores
 
     @torch.no_grad()

@@ -80,6 +80,9 @@ class BCEArgs:
     image_grid: int = 2  # as for the CNN-RNN: both read the same image features
     per_cell: bool = False
     dropout: float = 0.1
+    # a linear head on the pooled features predicts the number of labels 0..K; the image then
+    # gets that many top-scored labels instead of those over the threshold (models/count.py)
+    count_head: bool = False
 
     def validate(self) -> None:
         check_encoder(self.encoder)
@@ -117,7 +120,7 @@ def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
               freeze_encoder: bool = True, **_: object) -> BCEHead:
     encoder = encoder if encoder is not None else build_encoder(args)
     encoder.use_pooling("max", args.image_grid, args.per_cell)
-    model = BCEHead(encoder, num_classes, args.dropout, freeze_encoder)
+    model = BCEHead(encoder, num_classes, args.dropout, freeze_encoder, args.count_head)
     # The decision threshold is chosen on validation data; a buffer, so checkpoints carry it.
     model.register_buffer("threshold", torch.tensor(0.5))
     return model

@@ -271,9 +271,10 @@ class Multilabel(Task):
 
     def calibrate(self, model: nn.Module, outputs: dict[str, torch.Tensor],
                   targets: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-        """BCE: choose the decision threshold on validation data (best O-F1) and apply it."""
-        if not FAMILIES[cfg.model].calibrated:
-            return outputs
+        """BCE: choose the decision threshold on validation data (best O-F1) and apply it;
+        a model with a count head keeps its top-k sets."""
+        if not FAMILIES[cfg.model].calibrated or getattr(model, "count", None) is not None:
+            return outputs  # a count head gives each image its number of labels: no threshold
         t = choose_threshold(outputs["scores"], targets)
         model.threshold.fill_(t)
         return {**outputs, "label_sets": (outputs["scores"] >= t).to(torch.uint8)}
