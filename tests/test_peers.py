@@ -88,7 +88,7 @@ def test_top_k_sets_by_hand():
     assert sets.tolist() == [[0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]]  # a tie: lower label
 
 
-@pytest.mark.parametrize("name", ["bce"])
+@pytest.mark.parametrize("name", ["bce", "query"])
 def test_count_head_emits_exactly_the_predicted_count(name):
     torch.manual_seed(0)
     model = build_model(name, {"encoder_width": 0.0625, "count_head": True}, 10, "multilabel")
@@ -120,7 +120,7 @@ def test_count_loss_adds_the_count_cross_entropy():
     torch.testing.assert_close(loss(logits, y), F.binary_cross_entropy_with_logits(logits, y))
 
 
-@pytest.mark.parametrize("name", ["bce"])
+@pytest.mark.parametrize("name", ["bce", "query"])
 def test_count_head_trains_end_to_end(name, data_dir, tmp_path):
     run = tmp_path / name
     result = train_tiny(name, run, data_dir, **{"model.count_head": True})
@@ -130,3 +130,60 @@ def test_count_head_trains_end_to_end(name, data_dir, tmp_path):
     x = torch.randn(8, 1, 56, 56)
     sets, _ = model.predict(x)
     assert sets.sum(1).tolist() == model.count(model.encode(x).float()).argmax(1).tolist()
+
+
+# --- the query head --------------------------------------------------------------------------
+
+def tiny_query(**over) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("query", {"encoder_width": 0.0625, "d_model": 16, "heads": 4, **over},
+                       10, "multilabel")
+
+
+@pytest.mark.parametrize("count_head", [False, True])
+def test_query_shape_finite_and_every_parameter_gets_a_gradient(count_head):
+    model = tiny_query(count_head=count_head, layers=2).train()
+    model.set_encoder(model.encoder, freeze=False)  # the registry's default is frozen
+    model.encoder.requires_grad_(True)
+    out = model(torch.randn(3, 1, 56, 56))
+    logits = out.logits if count_head else out
+    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+    loss = logits.square().mean() + (out.count_logits.square().mean() if count_head else 0)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+def test_query_head_has_no_label_order():
+    model = tiny_query().eval()
+    x = torch.randn(4, 1, 56, 56)
+    with torch.no_grad():
+        before = model(x)
+        perm = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+        for p in (model.query_embed, model.class_weight, model.class_bias):
+            p.copy_(p[perm])  # the label-indexed parameters, permuted together
+        after = model(x)
+    torch.testing.assert_close(after, before[:, perm], atol=1e-5, rtol=1e-5)
+
+
+def test_query_options_are_checked():
+    with pytest.raises(ConfigError, match=r"d_model \(30\) must be a multiple of heads \(4\)"):
+        load_config("multilabel", "query", overrides={"model.d_model": 30})
+
+
+def test_query_trains_end_to_end_with_a_threshold(data_dir, tmp_path):
+    run = tmp_path / "query"
+    result = train_tiny("query", run, data_dir, **{"model.d_model": 32})
+    assert 0.0 <= result["O-F1"] <= 1.0 and result["mAP"] is not None
+    _, _, model, _ = load_run(run)
+    assert 0.0 < float(model.threshold) < 1.0 and float(model.threshold) != 0.5
+
+
+def test_cnnrnn_models_lists_the_query_head():
+    from typer.testing import CliRunner
+
+    from cnnrnn.cli import app
+
+    result = CliRunner().invoke(app, ["models"], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "recipe configs/multilabel/query.toml" in result.stdout

@@ -15,27 +15,15 @@ from cnnrnn.models.count import CountedLogits, CountHead, top_k_sets
 from cnnrnn.models.encoder import HasEncoder
 
 
-class BCEHead(HasEncoder):
-    """Encoder + linear head: (B, 1, H, W) images -> (B, K) logits, one sigmoid per label."""
+class PerLabelHead(HasEncoder):
+    """Base of the models with one independent logit per label (bce, query): forward,
+    prediction by threshold or count head. Subclasses set `count` (a `CountHead` or None) and
+    define `logits_from_features`, (B, D) pooled features -> (B, K) logits."""
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        num_labels: int = 10,
-        dropout: float = 0.0,
-        freeze_encoder: bool = False,
-        count_head: bool = False,
-    ) -> None:
-        super().__init__()
-        self.set_encoder(encoder, freeze_encoder)
-        self.num_labels = num_labels
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.num_features, num_labels)
-        self.count = CountHead(encoder.num_features, num_labels) if count_head else None
+    count: CountHead | None
 
     def logits_from_features(self, features: Tensor) -> Tensor:
-        """(B, D) -> (B, K) logits."""
-        return self.head(self.dropout(features))
+        raise NotImplementedError
 
     def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor | CountedLogits:
         """(B, 1, H, W) -> (B, K) logits, with the count head `CountedLogits` (the logits and
@@ -66,6 +54,29 @@ class BCEHead(HasEncoder):
         features = self.encode(x).float()  # (B, D)
         with torch.autocast(x.device.type, enabled=False):
             return self.predict_from_features(features, threshold)
+
+
+class BCEHead(PerLabelHead):
+    """Encoder + linear head: (B, 1, H, W) images -> (B, K) logits, one sigmoid per label."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int = 10,
+        dropout: float = 0.0,
+        freeze_encoder: bool = False,
+        count_head: bool = False,
+    ) -> None:
+        super().__init__()
+        self.set_encoder(encoder, freeze_encoder)
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.num_features, num_labels)
+        self.count = CountHead(encoder.num_features, num_labels) if count_head else None
+
+    def logits_from_features(self, features: Tensor) -> Tensor:
+        """(B, D) -> (B, K) logits."""
+        return self.head(self.dropout(features))
 
 
 def choose_threshold(scores: Tensor, y_true: Tensor) -> float:

@@ -1,6 +1,7 @@
-"""Registry entries of the multilabel models: the CNN-RNN and the binary-relevance baseline.
+"""Registry entries of the multilabel models: the CNN-RNN, the binary-relevance baseline and
+the query head (label queries over the grid cells, trained as binary relevance).
 
-Both wrap an image encoder: the VGG-16-style one (`model.encoder = "vgg16"`, the default;
+All wrap an image encoder: the VGG-16-style one (`model.encoder = "vgg16"`, the default;
 `encoder_width` and `encoder_batch_norm` shape it and apply to it only) or a timm network by
 name (`model.encoder = "timm:resnet18"`; see timm_encoder.py). Built from the registry the
 encoder is freshly initialised: that is what loading a checkpoint needs (its state_dict brings
@@ -19,6 +20,7 @@ from cnnrnn.errors import ConfigError
 from cnnrnn.models.bce import BCEHead
 from cnnrnn.models.cnn_rnn import CNNRNN, DECODERS
 from cnnrnn.models.encoder import GridEncoder
+from cnnrnn.models.query import QueryHead
 from cnnrnn.models.registry import register
 from cnnrnn.models.timm_encoder import TimmEncoder, check_encoder, is_timm
 from cnnrnn.models.vgg import VGGEncoder, check_encoder_input, load_torchvision_vgg16
@@ -93,7 +95,36 @@ class BCEArgs:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-def build_encoder(args: CNNRNNArgs | BCEArgs, weights: str | None = None) -> GridEncoder:
+@dataclass(frozen=True)
+class QueryArgs:
+    encoder: str = "vgg16"  # as for the CNN-RNN
+    encoder_width: float = 0.25  # vgg16 only
+    encoder_batch_norm: bool = True  # vgg16 only
+    encoder_input: str = "fashion-mnist"  # as for the CNN-RNN
+    image_grid: int = 2  # the queries attend over image_grid x image_grid cells
+    per_cell: bool = False
+    d_model: int = 64  # width of the queries and of the transformer decoder
+    heads: int = 4  # attention heads; d_model must be a multiple
+    layers: int = 1  # transformer decoder layers
+    dropout: float = 0.1  # inside the decoder
+    count_head: bool = False  # as for bce
+
+    def validate(self) -> None:
+        check_encoder(self.encoder)
+        check_encoder_input(self.encoder_input)
+        if self.image_grid < 1:
+            raise ConfigError(f"image_grid must be >= 1, got {self.image_grid}")
+        if self.layers < 1 or self.heads < 1 or self.d_model < 1:
+            raise ConfigError("d_model, heads and layers must be >= 1")
+        if self.d_model % self.heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be a multiple of heads "
+                              f"({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def build_encoder(args: CNNRNNArgs | BCEArgs | QueryArgs, weights: str | None = None
+                  ) -> GridEncoder:
     """The encoder a multilabel model's args describe (`model.encoder`), freshly initialised,
     or with the weights of a local state_dict file: torchvision's VGG-16 for "vgg16"
     (`load_torchvision_vgg16`), a timm (or torchvision) model's for "timm:<name>"."""
@@ -126,8 +157,21 @@ def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
     return model
 
 
+def build_query(args: QueryArgs, num_classes: int, encoder: nn.Module | None = None,
+                freeze_encoder: bool = True, **_: object) -> QueryHead:
+    encoder = encoder if encoder is not None else build_encoder(args)
+    encoder.use_pooling("max", args.image_grid, args.per_cell)
+    model = QueryHead(encoder, num_classes, args.d_model, args.heads,  # type: ignore[arg-type]
+                      args.layers, args.dropout, freeze_encoder, args.count_head)
+    model.register_buffer("threshold", torch.tensor(0.5))  # chosen on validation, as bce's
+    return model
+
+
 register("cnn-rnn", CNNRNNArgs, MULTI,
          "CNN-RNN (Wang et al. 2016): encoder + LSTM over label embeddings, beam search")(
     build_cnn_rnn)
 register("bce", BCEArgs, MULTI, "binary relevance: encoder + linear + sigmoid per label")(
     build_bce)
+register("query", QueryArgs, MULTI,
+         "query head (after Query2Label): label queries cross-attend over the grid cells, "
+         "a sigmoid per label")(build_query)
