@@ -10,7 +10,11 @@ import torch
 from sklearn import metrics as skm
 
 from cnnrnn.errors import CnnrnnError
-from cnnrnn.metrics.multilabel import average_precision_per_label, multilabel_metrics
+from cnnrnn.metrics.multilabel import (
+    average_precision_per_label,
+    multilabel_metrics,
+    top_k_labels,
+)
 from cnnrnn.metrics.single_label import (
     confusion_matrix,
     expected_calibration_error,
@@ -32,6 +36,7 @@ KEYS = {
     "exact_match",
     "hamming_loss",
     "per_label",
+    *(f"top3_{name}" for name in ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1")),
 }
 
 
@@ -67,6 +72,10 @@ def test_multilabel_matches_sklearn_on_random_predictions(seed):
     macro_p = skm.precision_score(y_true, y_pred, average="macro", **kw)
     macro_r = skm.recall_score(y_true, y_pred, average="macro", **kw)
     assert set(m) == KEYS
+    top3 = multilabel_metrics(y_true, top_k_labels(scores, 3), scores)  # the top-3 sets
+    for name in ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1"):
+        assert m[f"top3_{name}"] == top3[name]
+    assert (top_k_labels(scores, 3).sum(1) == 3).all()
     assert m["C-P"] == pytest.approx(macro_p)
     assert m["C-R"] == pytest.approx(macro_r)
     assert m["C-F1"] == pytest.approx(2 * macro_p * macro_r / (macro_p + macro_r))
@@ -159,7 +168,8 @@ def test_all_correct_and_all_wrong():
     y_true[0] = 1  # every label present somewhere, so every recall and AP is defined
     right = multilabel_metrics(y_true, y_true, y_true.astype(float))
     for key in KEYS - {"per_label", "hamming_loss"}:
-        assert right[key] == 1.0, key
+        if not key.startswith("top3_"):  # 3 labels per sample: perfect only with 3 true ones
+            assert right[key] == 1.0, key
     assert right["hamming_loss"] == 0.0
     wrong = multilabel_metrics(y_true, 1 - y_true, -y_true.astype(float))
     for key in ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "macro-F1", "exact_match"):

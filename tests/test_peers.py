@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from cnnrnn.encoders import prepare
 from cnnrnn.errors import ConfigError
 from cnnrnn.evaluate import evaluate_run, load_run
 from cnnrnn.losses import AsymmetricLoss, BinaryCrossEntropy, WithCount, label_loss
+from cnnrnn.metrics.multilabel import multilabel_metrics, top_k_labels
 from cnnrnn.models import build_model
 from cnnrnn.models.count import CountedLogits, top_k_sets
 from cnnrnn.train import train
@@ -187,3 +189,22 @@ def test_cnnrnn_models_lists_the_query_head():
     result = CliRunner().invoke(app, ["models"], catch_exceptions=False)
     assert result.exit_code == 0
     assert "recipe configs/multilabel/query.toml" in result.stdout
+
+
+# --- the top-3 protocol ----------------------------------------------------------------------
+
+def test_top3_protocol_by_hand():
+    y_true = [[1, 0, 0, 0], [0, 1, 1, 1]]
+    scores = [[0.9, 0.8, 0.1, 0.7], [0.2, 0.3, 0.4, 0.5]]
+    y_pred = [[1, 0, 0, 0], [0, 0, 0, 0]]  # the decided sets play no part in top3_
+    m = multilabel_metrics(y_true, y_pred, scores)
+    # top-3 sets {0, 1, 3} and {1, 2, 3}: TP = (1, 1, 1, 1), FP = (0, 1, 0, 1), FN = 0
+    assert m["top3_O-P"] == pytest.approx(4 / 6) and m["top3_O-R"] == 1.0
+    assert m["top3_O-F1"] == pytest.approx(2 * (4 / 6) / (4 / 6 + 1))
+    c_p = (1 + 1 / 2 + 1 + 1 / 2) / 4
+    assert m["top3_C-P"] == pytest.approx(c_p) and m["top3_C-R"] == 1.0
+    assert m["top3_C-F1"] == pytest.approx(2 * c_p / (c_p + 1))
+    assert m["O-R"] == pytest.approx(1 / 4)  # the decided sets' numbers are unchanged
+    # ties go to the lower label; with fewer than 3 labels every label is taken
+    assert top_k_labels(np.array([[0.5, 0.5, 0.5, 0.5]])).tolist() == [[True] * 3 + [False]]
+    assert top_k_labels(np.array([[0.1, 0.2]])).all()

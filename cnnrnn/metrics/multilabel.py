@@ -13,6 +13,10 @@ evaluation set (K labels):
 - AP_k: average precision of the scores of label k, computed as scikit-learn's
   `average_precision_score` does (sum over distinct score thresholds, highest first, of the
   recall gained times the precision there; tied scores form one threshold). mAP = mean_k AP_k.
+- top-3 protocol (Wang et al.'s CNN-RNN and ML-GCN tables on MS-COCO): the label set of each
+  sample is replaced by its 3 top-scored labels (all K when K < 3; of tied scores the lower
+  label index first), whatever the model decided, and C-P, C-R, C-F1, O-P, O-R, O-F1 are
+  computed from those sets as above, reported as "top3_C-P" ... "top3_O-F1".
 - exact_match: fraction of samples whose whole predicted label set equals the true one.
 - hamming_loss: fraction of the N * K (sample, label) entries predicted wrongly.
 
@@ -99,6 +103,30 @@ def average_precision_per_label(y_true: Any, scores: Any) -> np.ndarray:
     return np.where(n_pos > 0, ap_sum / np.maximum(n_pos, 1), np.nan)
 
 
+def top_k_labels(scores: Any, k: int = 3) -> np.ndarray:
+    """(N, K) scores -> (N, K) bool, the k top-scored labels of each row (all of them when
+    K <= k); of tied scores the lower label index is taken first."""
+    s = as_array(scores, "scores").astype(np.float64)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # (N, min(k, K))
+    out = np.zeros(s.shape, dtype=bool)
+    np.put_along_axis(out, order, True, axis=1)
+    return out
+
+
+def paper_protocol(t: np.ndarray, p: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """C-P, C-R, C-F1, O-P, O-R, O-F1 of the predicted sets p against the true sets t, both
+    (N, K) bool, under the names `prefix` + "C-P" and so on (module docstring)."""
+    tp = (t & p).sum(axis=0)  # (K,)
+    fp = (~t & p).sum(axis=0)  # (K,)
+    fn = (t & ~p).sum(axis=0)  # (K,)
+    c_p, c_r = float(_ratio(tp, tp + fp).mean()), float(_ratio(tp, tp + fn).mean())
+    o_p = float(_ratio(tp.sum(), (tp + fp).sum()))
+    o_r = float(_ratio(tp.sum(), (tp + fn).sum()))
+    values = {"C-P": c_p, "C-R": c_r, "C-F1": _harmonic_mean(c_p, c_r),
+              "O-P": o_p, "O-R": o_r, "O-F1": _harmonic_mean(o_p, o_r)}
+    return {prefix + name: v for name, v in values.items()}
+
+
 def multilabel_metrics(
     y_true: Any, y_pred: Any, scores: Any, label_names: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -110,6 +138,7 @@ def multilabel_metrics(
     allowed, NaN is an error). label_names: K names, default "0" .. "K-1".
 
     Returns plain floats in [0, 1] under "C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1",
+    the same six under the top-3 protocol ("top3_C-P" ... "top3_O-F1", from the scores),
     "macro-F1", "mAP" (None if no label occurs), "exact_match" and "hamming_loss", and
     "per_label": {name: {"precision", "recall", "f1", "ap" (None if the label never
     occurs), "support" (int, number of samples with the label)}}. The module docstring defines
@@ -138,17 +167,10 @@ def multilabel_metrics(
     recall = _ratio(tp, tp + fn)  # (K,)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)  # (K,)
 
-    c_p, c_r = float(precision.mean()), float(recall.mean())
-    o_p = float(_ratio(tp.sum(), (tp + fp).sum()))
-    o_r = float(_ratio(tp.sum(), (tp + fn).sum()))
     present = ~np.isnan(ap)
     return {
-        "C-P": c_p,
-        "C-R": c_r,
-        "C-F1": _harmonic_mean(c_p, c_r),
-        "O-P": o_p,
-        "O-R": o_r,
-        "O-F1": _harmonic_mean(o_p, o_r),
+        **paper_protocol(t, p),
+        **paper_protocol(t, top_k_labels(scores, 3), "top3_"),
         "macro-F1": float(f1.mean()),
         "mAP": float(ap[present].mean()) if present.any() else None,
         "exact_match": float((t == p).all(axis=1).mean()),
