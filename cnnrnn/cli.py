@@ -566,7 +566,9 @@ def data_mosaics(
     out: Annotated[Path, typer.Option(help=".npz file to write")],
     split: Annotated[str, typer.Option(help="train, val or test")] = "train",
     n: Annotated[int, typer.Option(help="How many mosaics")] = 1000,
-    prior: Annotated[str, typer.Option(help="independent, outfits or a TOML file")] = "outfits",
+    prior: Annotated[str, typer.Option(
+        help="outfits, independent, the held-out street or inverted, or a TOML file")
+    ] = "outfits",
     seed: Annotated[int, typer.Option()] = 0,
     with_cells: Annotated[bool, typer.Option(
         "--with-cells", help="Also write cells (N, 4): the class in each cell, row-major, -1 "

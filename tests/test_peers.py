@@ -208,3 +208,47 @@ def test_top3_protocol_by_hand():
     # ties go to the lower label; with fewer than 3 labels every label is taken
     assert top_k_labels(np.array([[0.5, 0.5, 0.5, 0.5]])).tolist() == [[True] * 3 + [False]]
     assert top_k_labels(np.array([[0.1, 0.2]])).all()
+
+
+# --- held-out priors -------------------------------------------------------------------------
+
+HELD_OUT = ("street", "inverted")
+CONFIGS = Path(__file__).resolve().parents[1] / "cnnrnn" / "configs"
+
+
+@pytest.mark.parametrize("name", HELD_OUT)
+def test_held_out_prior_is_drawn_and_differs_from_outfits(name, data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from cnnrnn.cli import app
+    from cnnrnn.data.fashion_mnist import CLASSES
+    from cnnrnn.data.priors import load_prior
+
+    out = tmp_path / f"{name}.npz"
+    result = CliRunner().invoke(app, ["data", "mosaics", "--out", str(out), "--n", "2000",
+                                      "--prior", name, "--data-dir", str(data_dir)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    labels = torch.from_numpy(np.load(out)["labels"]).float()  # (N, 10)
+    assert labels.shape == (2000, 10) and labels.sum(1).min() >= 1 and labels.sum(1).max() <= 4
+    want, outfits = load_prior(name).label_frequencies(), load_prior("outfits").label_frequencies()
+    assert (labels.mean(0) - want).abs().max() < 0.05  # drawn from its own prior
+    # other class frequencies: the rarest label under outfits is among the most common here
+    sneaker, shirt = CLASSES.index("Sneaker"), CLASSES.index("Shirt")
+    assert outfits.argmin() == sneaker and want[sneaker] > 4 * outfits[sneaker]
+    assert (want - outfits).abs().max() > 0.15
+    # other co-occurrence: Shirt and Sneaker, never together under outfits, meet here
+    assert (labels[:, shirt] * labels[:, sneaker]).mean() > 0.05
+
+
+def test_no_recipe_names_a_held_out_prior():
+    from cnnrnn.config import read_toml
+
+    recipes = [p for p in CONFIGS.rglob("*.toml") if p.parent.name != "mosaics"]
+    assert recipes
+    for path in recipes:
+        prior = read_toml(path).get("multilabel", {}).get("prior", "outfits")
+        assert prior not in HELD_OUT, path
+        assert not any(f'"{name}"' in path.read_text() for name in HELD_OUT), path
+    for name in HELD_OUT:
+        assert (CONFIGS / "mosaics" / f"{name}.toml").is_file()
