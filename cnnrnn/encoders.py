@@ -84,9 +84,13 @@ def pretrained_encoder_run(cfg: TrainConfig, data_dir: str | Path | None,
     if (run / BEST).is_file() and (run / VAL_METRICS).is_file():
         reporter.say(f"using the cached pretrained encoder {run}")
         return run
+    minutes = estimate_minutes(enc_cfg)
     reporter.say(f"no encoder given: pretraining a {_encoder_name(cfg)} encoder on single-label "
-                 f"Fashion-MNIST for {enc_cfg.epochs} epochs, cached in {run} (pass "
-                 "--encoder-checkpoint to use your own)")
+                 f"Fashion-MNIST first, {enc_cfg.epochs} epochs on "
+                 f"{_train_images(enc_cfg):,} images, about {minutes:.0f} min on this machine "
+                 f"(timed from {TIMED_STEPS} steps); cached in {run} and reused by later runs. "
+                 "Pass --encoder-checkpoint RUN to use your own, or bound it with --set "
+                 "multilabel.encoder_epochs=E --set multilabel.encoder_limit_train=N")
     if (run / LAST).is_file():
         summary = train(RunDir(run).resume_config(), run, resume=True, data_dir=data_dir,
                         reporter=reporter, world=World())
@@ -98,6 +102,56 @@ def pretrained_encoder_run(cfg: TrainConfig, data_dir: str | Path | None,
         raise Interrupted(f"interrupted while pretraining the encoder; run the same command "
                           f"again to continue it (it resumes from {run / LAST})")
     return run
+
+
+TIMED_STEPS = 3
+FASHION_MNIST_TRAIN = 60_000
+
+
+def _train_images(cfg: TrainConfig) -> int:
+    full = FASHION_MNIST_TRAIN - cfg.val_size
+    return min(cfg.limit_train, full) if cfg.limit_train else full
+
+
+def estimate_minutes(cfg: TrainConfig) -> float:
+    """The wall time of single-label run `cfg` on this machine: a few training steps of its
+    model on random images, timed, times its number of steps, plus the validation passes
+    (a forward pass over the validation images each epoch, costed at a third of a step per
+    training-sized batch). A guide, not a promise: another job on the machine slows it."""
+    import time
+
+    import torch
+
+    from cnnrnn.precision import autocast, resolve_device
+
+    device = resolve_device(cfg.device)
+    task = get_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build(cfg, None).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.rand(cfg.batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (cfg.batch_size,), device=device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        with autocast(device, cfg.precision):
+            loss = loss_fn(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()  # the first step allocates; it is not timed
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(TIMED_STEPS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    per_step = (time.perf_counter() - start) / TIMED_STEPS
+    steps = -(-_train_images(cfg) // cfg.batch_size)
+    val_steps = -(-cfg.val_size // cfg.batch_size) / 3
+    return cfg.epochs * (steps + val_steps) * per_step / 60
 
 
 def _take_over(cfg: TrainConfig, arch: EncoderArchitecture, source: str,
