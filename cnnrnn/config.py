@@ -34,6 +34,7 @@ CHOICES = {
     "device": DEVICES,
     "precision": ("fp32", "bf16", "fp16"),
     "data_device": ("auto", "cpu"),
+    "log": ("csv", "tensorboard"),
 }
 ORDERS = ("frequency", "rare-first", "random", "pla")
 LOSSES = ("cross-entropy", "soft-labels", "expected-cost", "hxe")
@@ -198,6 +199,9 @@ class TrainConfig:
     data_device: str = "auto"
     checkpoint_minutes: float = 10.0  # also save last.pt inside an epoch this often; 0 = off
     compile: bool = False  # torch.compile the training step's model (GPUs; minutes to compile)
+    # what a run logs beside metrics.jsonl (cnnrnn.tracking): "csv" = steps.csv, a row per
+    # step; "tensorboard" = RUN/tensorboard/ (pip install 'cnnrnn[tensorboard]')
+    log: str = "csv"
     single_label: SingleLabelConfig = field(default_factory=SingleLabelConfig)
     multilabel: MultilabelConfig = field(default_factory=MultilabelConfig)
 

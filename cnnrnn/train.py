@@ -45,6 +45,7 @@ from cnnrnn.precision import auto_threads, autocast, resolve_device
 from cnnrnn.progress import Reporter
 from cnnrnn.run_dir import LAST, VAL_METRICS, RunDir
 from cnnrnn.tasks import Task, TaskData, get_task, run_predict
+from cnnrnn.tracking import Tracker, check_available, open_tracker
 
 
 class TrainingDiverged(CnnrnnError):
@@ -130,6 +131,7 @@ class Session:
     world: World = field(default_factory=World)
     train_model: nn.Module | None = None  # what a step calls: the model, or its DDP wrapper
     scaler: torch.amp.GradScaler | None = None  # fp16 only
+    tracker: Tracker = field(default_factory=Tracker)  # steps.csv or TensorBoard, on rank 0
 
     @property
     def step_model(self) -> nn.Module:
@@ -266,6 +268,8 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
         run.record_environment(cfg, resumed=resume, processes=world.world_size)
         if state is not None:
             run.write_history(st.history)
+    tracker = (open_tracker(cfg.log, run, st.step if resume else None) if world.is_main
+               else Tracker())
     train_model = model
     if world.distributed:
         train_model = nn.parallel.DistributedDataParallel(
@@ -273,7 +277,8 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     if cfg.compile:  # the step calls only model(...), so the compiled module trains the same
         train_model = torch.compile(train_model)
     session = Session(cfg, task, run, data, model, criterion, opt,
-                      trainable, device, dict(data.info), world, train_model, scaler)
+                      trainable, device, dict(data.info), world, train_model, scaler,
+                      tracker)
     return session, st
 
 
@@ -324,8 +329,9 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         if cfg.channels_last:  # with one channel this changes strides, not data
             x = x.contiguous(memory_format=torch.channels_last)
+        lr = lr_at(st.step, s.total_steps, s.steps_per_epoch, cfg)
         for group in s.opt.param_groups:
-            group["lr"] = lr_at(st.step, s.total_steps, s.steps_per_epoch, cfg)
+            group["lr"] = lr
         with s.autocast():
             loss, n_correct = training_step(s.task, model, s.criterion, x, y)
         (diverged,) = world.agree(not torch.isfinite(loss))  # every rank stops at this step
@@ -349,6 +355,7 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
             s.opt.step()
         st.step += 1
         st.step_in_epoch += 1
+        s.tracker.step(st.step, epoch + 1, loss.item(), lr)
         sums["loss_sum"] += loss.item() * len(y)
         sums["correct"] += n_correct or 0
         sums["counted"] = n_correct is not None
@@ -426,6 +433,7 @@ def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporte
         s.run.save(ckpt, "best")
     s.run.save(ckpt, "last")
     s.run.write_history(st.history)
+    s.tracker.epoch(row)
     reporter.epoch_end(row, s.task.primary, improved)
 
 
@@ -436,6 +444,7 @@ def _finish(s: Session) -> None:
     val = validate(s.task, s.model, s.data, s.cfg, s.device, s.autocast)
     s.run.write_json(VAL_METRICS, val)
     s.task.plot_run(s.run, s.run.read_history(), val, s.cfg)
+    s.tracker.finish(s.run, s.model, s.total_steps)
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -453,6 +462,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite:
     if not world.is_main:
         reporter = Reporter(enabled=False)
     reporter = reporter or Reporter(enabled=False)
+    check_available(cfg.log)  # a missing tensorboard package: refused before the folder is made
     world.init(resolve_device(cfg.device))
     with run.lock() if world.is_main else contextlib.nullcontext():
         return _train(cfg, run, resume, overwrite, data_dir, reporter, world)
@@ -466,21 +476,22 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
                    s.steps_per_epoch, resumed_at=(st.epoch, st.step_in_epoch) if resume else None,
                    metric_label=s.task.metric_label)
     stop_reason = "finished"
-    with _StopFlag() as stop:
-        while st.epoch < cfg.epochs:
-            sums = train_one_epoch(s, st, stop, reporter)
-            if sums is None:
-                stop_reason = "interrupted"
-                break
-            _end_epoch(s, st, sums, reporter)
-            (stop_now,) = world.agree(bool(stop.requested))
-            if stop_now:
-                stop.requested = stop.requested or "a signal to another rank"
-                stop_reason = "interrupted"
-                break
-    reporter.finish(stop_reason, run.path, stop.requested)
-    if stop_reason == "finished" and world.is_main:
-        _finish(s)
+    with contextlib.closing(s.tracker):  # steps.csv or the event files, however it ends
+        with _StopFlag() as stop:
+            while st.epoch < cfg.epochs:
+                sums = train_one_epoch(s, st, stop, reporter)
+                if sums is None:
+                    stop_reason = "interrupted"
+                    break
+                _end_epoch(s, st, sums, reporter)
+                (stop_now,) = world.agree(bool(stop.requested))
+                if stop_now:
+                    stop.requested = stop.requested or "a signal to another rank"
+                    stop_reason = "interrupted"
+                    break
+        reporter.finish(stop_reason, run.path, stop.requested)
+        if stop_reason == "finished" and world.is_main:
+            _finish(s)
     world.barrier()  # the files are written before any rank returns (the last collective)
     return {"stop": stop_reason, "best_metric": st.best_metric, "best_epoch": st.best_epoch,
             "primary": s.task.primary, "parameters": n_params, "steps": st.step,

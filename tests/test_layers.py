@@ -58,8 +58,9 @@ FLOORS: dict[int, tuple[str, ...]] = {
     5: ("cnnrnn.run_dir",),
     # 6: the tasks (single-label, multilabel) that tie data, models, losses and metrics together
     6: ("cnnrnn.tasks", "cnnrnn.tasks.*"),
-    # 7: the training loop, evaluation of trained runs and printed reports
-    7: ("cnnrnn.train", "cnnrnn.evaluate", "cnnrnn.report"),
+    # 7: the training loop and what it logs to (steps.csv, TensorBoard), evaluation of trained
+    #    runs and printed reports
+    7: ("cnnrnn.train", "cnnrnn.tracking", "cnnrnn.evaluate", "cnnrnn.report"),
     # 8: work composed of whole trainings and evaluations: encoder preparation, analyses, the
     #    benchmark of training steps and data pipelines
     8: ("cnnrnn.encoders", "cnnrnn.bench", "cnnrnn.time_to_accuracy", "cnnrnn.analysis",
