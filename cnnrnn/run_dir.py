@@ -34,7 +34,7 @@ from cnnrnn.checkpoint import load_checkpoint, save_checkpoint
 from cnnrnn.config import TrainConfig, config_from_dict, save_config
 from cnnrnn.errors import CheckpointError, CnnrnnError, DiskFullError
 from cnnrnn.files import atomic_write
-from cnnrnn.precision import cpu_model
+from cnnrnn.threads import cpu_model
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"

@@ -41,10 +41,11 @@ from cnnrnn.data.loader import mix_seed
 from cnnrnn.distributed import World
 from cnnrnn.errors import CheckpointError, CnnrnnError, ConfigError
 from cnnrnn.models.registry import count_parameters
-from cnnrnn.precision import auto_threads, autocast, resolve_device
+from cnnrnn.precision import autocast, resolve_device
 from cnnrnn.progress import Reporter
 from cnnrnn.run_dir import LAST, VAL_METRICS, RunDir
 from cnnrnn.tasks import Task, TaskData, get_task, run_predict
+from cnnrnn.threads import use_threads
 from cnnrnn.tracking import Tracker, check_available, open_tracker
 
 
@@ -129,6 +130,7 @@ class Session:
     device: torch.device
     extra: dict[str, Any]  # task information stored in every checkpoint
     world: World = field(default_factory=World)
+    threads: int = 1  # torch's CPU threads: cfg.threads resolved, recorded in every checkpoint
     train_model: nn.Module | None = None  # what a step calls: the model, or its DDP wrapper
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     tracker: Tracker = field(default_factory=Tracker)  # steps.csv or TensorBoard, on rank 0
@@ -155,7 +157,7 @@ class Session:
                  "config": self.cfg.to_dict(), "epoch": st.epoch, "step": st.step,
                  "step_in_epoch": st.step_in_epoch, "best_metric": st.best_metric,
                  "best_epoch": st.best_epoch, "history": st.history, "rng": st.rng,
-                 "partial": st.partial, "extra": self.extra}
+                 "partial": st.partial, "extra": self.extra, "threads": self.threads}
         if st.cuda_rng is not None:
             state["cuda_rng"] = st.cuda_rng
         if self.scaler is not None:
@@ -219,14 +221,14 @@ def validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
 
 def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
            data_dir: str | Path | None, world: World) -> tuple[Session, RunState]:
-    if cfg.threads:  # -1: a share of the CPUs when several ranks train on this machine
-        torch.set_num_threads(auto_threads(world.distributed) if cfg.threads == -1
-                              else cfg.threads)
+    state = run.check_resumable(cfg) if resume else None
+    # auto (-1): the count the run chose at its start when resumed, so it repeats bit for bit;
+    # else a share of the CPUs when several ranks train on this machine
+    threads = use_threads(cfg.threads, world.distributed, state.get("threads") if state else None)
     device = world.device(resolve_device(cfg.device))
     if cfg.compile:
         _check_compiler(device)
     task = get_task(cfg.task)
-    state = run.check_resumable(cfg) if resume else None
     data = task.prepare(cfg, load_fashion_mnist(data_dir))
     if cfg.data_device == "auto":  # a no-op on a CPU; on a GPU the batches are built there
         data.train = data.train.to(device)
@@ -276,9 +278,8 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:  # the step calls only model(...), so the compiled module trains the same
         train_model = torch.compile(train_model)
-    session = Session(cfg, task, run, data, model, criterion, opt,
-                      trainable, device, dict(data.info), world, train_model, scaler,
-                      tracker)
+    session = Session(cfg, task, run, data, model, criterion, opt, trainable, device,
+                      dict(data.info), world, threads, train_model, scaler, tracker)
     return session, st
 
 
@@ -474,7 +475,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     n_params = count_parameters(s.model)
     reporter.start(cfg, n_params, count_parameters(s.model, trainable_only=True), s.device,
                    s.steps_per_epoch, resumed_at=(st.epoch, st.step_in_epoch) if resume else None,
-                   metric_label=s.task.metric_label)
+                   metric_label=s.task.metric_label, threads=s.threads)
     stop_reason = "finished"
     with contextlib.closing(s.tracker):  # steps.csv or the event files, however it ends
         with _StopFlag() as stop:

@@ -33,12 +33,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "cnnrnn"
 FLOORS: dict[int, tuple[str, ...]] = {
     # 0: the exception hierarchy that every other module raises from, and the version
     0: ("cnnrnn.errors", "cnnrnn.version"),
-    # 1: leaf utilities: progress reporting, devices and autocast, atomic files and recipe
-    #    paths, field checking, reading image files, and the metrics, which work on plain
-    #    arrays
+    # 1: leaf utilities: progress reporting, devices and autocast, CPU threads, atomic files
+    #    and recipe paths, field checking, reading image files, and the metrics, which work on
+    #    plain arrays
     1: (
         "cnnrnn.progress",
         "cnnrnn.precision",
+        "cnnrnn.threads",
         "cnnrnn.files",
         "cnnrnn.schema",
         "cnnrnn.images",
