@@ -62,10 +62,11 @@ FLOORS: dict[int, tuple[str, ...]] = {
     # 7: the training loop and what it logs to (steps.csv, TensorBoard), evaluation of trained
     #    runs and printed reports
     7: ("cnnrnn.train", "cnnrnn.tracking", "cnnrnn.evaluate", "cnnrnn.report"),
-    # 8: work composed of whole trainings and evaluations: encoder preparation, analyses, the
-    #    benchmark of training steps and data pipelines
-    8: ("cnnrnn.encoders", "cnnrnn.bench", "cnnrnn.time_to_accuracy", "cnnrnn.analysis",
-        "cnnrnn.analysis.*"),
+    # 8: work composed of whole trainings and evaluations: encoder preparation, a training
+    #    launched whole (cnnrnn.launch), analyses, the benchmark of training steps and data
+    #    pipelines
+    8: ("cnnrnn.encoders", "cnnrnn.launch", "cnnrnn.bench", "cnnrnn.time_to_accuracy",
+        "cnnrnn.analysis", "cnnrnn.analysis.*"),
     # 9: the command line
     9: ("cnnrnn.cli",),
     # 10: the entry points: `python -m cnnrnn` and the package's own __init__
