@@ -46,9 +46,10 @@ from cnnrnn.data.fashion_mnist import FILES, FashionMNIST, load_fashion_mnist, l
 from cnnrnn.data.mosaics import MosaicGenerator, split_pool
 from cnnrnn.data.priors import load_prior
 from cnnrnn.errors import CnnrnnError
-from cnnrnn.precision import autocast, cpu_model
+from cnnrnn.precision import autocast
 from cnnrnn.tasks import Task, get_task
 from cnnrnn.tasks.base import BatchSource
+from cnnrnn.threads import cpu_model
 from cnnrnn.train import make_optimizer, training_step
 
 CPU = torch.device("cpu")

@@ -5,12 +5,9 @@ User mistakes (CnnrnnError) print one line, `error: ...`, and exit with status 2
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -138,18 +135,13 @@ def train(
         help="Print the resolved config (TOML) and exit; nothing is trained")] = False,
 ) -> None:
     """Train a model; writes config.toml, metrics.jsonl, last.pt, best.pt and plots."""
-    from cnnrnn.config import TrainConfig, key_of, load_config, parse_set
-    from cnnrnn.distributed import World
-    from cnnrnn.encoders import Interrupted, prepare
-    from cnnrnn.precision import resolve_device
-    from cnnrnn.progress import Reporter
+    from cnnrnn.config import key_of, load_config, parse_set
+    from cnnrnn.launch import alike_on_every_rank, launch
     from cnnrnn.run_dir import RESUMABLE, RunDir
-    from cnnrnn.train import train as run_training
 
-    world = World.from_env()  # the processes torchrun started, or this one
-    reporter = Reporter(enabled=not quiet and world.is_main)
     flags = {name: value for name, value in locals().items() if name in CONFIG_FLAGS}
-    with _alike_on_every_rank():  # the same command line and files: every rank fails alike
+    cfg = None
+    with alike_on_every_rank():  # the same command line and files: every rank fails alike
         overrides = {key_of(name, task): str(v) if isinstance(v, Path) else v
                      for name, v in flags.items() if v is not None}
         overrides.update(parse_set(set_ or []))
@@ -161,58 +153,18 @@ def train(
                 raise CnnrnnError(f"--resume continues with the run's own config; drop "
                                   f"{', '.join(fixed)} (only {', '.join(RESUMABLE)} may "
                                   "change)")
-            cfg, done, step = RunDir(resume).resume_point(
-                **{k: overrides.get(k) for k in RESUMABLE})
             if print_config:
-                _print_config(cfg, set())
+                _print_config(RunDir(resume).resume_config(**overrides), set())
                 return
-            if RunDir(resume).finished(cfg, done, step):
-                if world.is_main:
-                    _note(f"{resume} is finished ({done} of {cfg.epochs} epochs done), so "
-                          f"nothing was trained; to train it further, give it more epochs: "
-                          f"cnnrnn train --resume {resume} --epochs M, with M above {done}")
-                return
-            out = resume
         else:
             cfg = load_config(task, model, config, overrides)
             if print_config:
                 _print_config(cfg, set(overrides))
                 return
-            # under torchrun every rank must write to the same folder: rank 0 names it
-            out = out or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-    def ready() -> tuple[TrainConfig, Path]:
-        RunDir(out).check_free(overwrite)  # refuse a taken folder before any pretraining
-        return prepare(cfg, explicit=set(overrides), data_dir=data_dir, reporter=reporter), out
-
-    # every way out leaves the process group: a process that exits inside one aborts
-    # ("terminate called without an active exception") instead of giving its exit status
-    try:
-        if resume is None:
-            world.init(resolve_device(cfg.device))
-            try:
-                cfg, out = world.on_main(ready)  # the encoder is pretrained once, on rank 0
-            except Interrupted as e:  # on every rank; rank 0 says so
-                if world.is_main:
-                    typer.echo(f"interrupted: {e}", err=True)
-                raise typer.Exit(130) from None
-        summary = run_training(cfg, out, resume=resume is not None, overwrite=overwrite,
-                               data_dir=data_dir, reporter=reporter, world=world)
-    finally:
-        world.close()
+    summary = launch(cfg, out, resume=resume, changes=overrides if resume else None,
+                     overwrite=overwrite, data_dir=data_dir, quiet=quiet, explicit=set(overrides))
     if summary["stop"] == "interrupted":
         raise typer.Exit(130)
-
-
-@contextlib.contextmanager
-def _alike_on_every_rank() -> Iterator[None]:
-    """A user error raised inside is one every rank raises alike (the same command line, the
-    same files), so under torchrun rank 0 alone prints it."""
-    try:
-        yield
-    except CnnrnnError as e:
-        e.every_rank = True
-        raise
 
 
 def _print_config(cfg: object, explicit: set[str]) -> None:

@@ -34,6 +34,7 @@ CHOICES = {
     "device": DEVICES,
     "precision": ("fp32", "bf16", "fp16"),
     "data_device": ("auto", "cpu"),
+    "log": ("csv", "tensorboard"),
 }
 ORDERS = ("frequency", "rare-first", "random", "pla")
 LOSSES = ("cross-entropy", "soft-labels", "expected-cost", "hxe")
@@ -191,13 +192,18 @@ class TrainConfig:
     precision: str = "fp32"  # bf16 autocast is ~4.5x faster on CPUs with AVX512-BF16
     val_size: int = 5000  # held out from the 60,000 training images
     limit_train: int = 0  # train on the first N training images / N mosaics per epoch; 0 = all
-    threads: int = 0  # torch CPU threads; 0 = torch's default; -1 = auto (precision.auto_threads)
+    # torch CPU threads: -1 = auto (the CPUs no other job keeps busy, cnnrnn.threads; the count
+    # chosen is recorded and a resume takes it again); N = pinned; 0 = torch's default
+    threads: int = -1
     channels_last: bool = True  # NHWC memory layout: ~20 % faster convolutions on CPU
     # where the training data lives: "auto" = on the training device (a GPU's memory: batches
     # and mosaics are built there), "cpu" = host memory, each batch copied to the device
     data_device: str = "auto"
     checkpoint_minutes: float = 10.0  # also save last.pt inside an epoch this often; 0 = off
     compile: bool = False  # torch.compile the training step's model (GPUs; minutes to compile)
+    # what a run logs beside metrics.jsonl (cnnrnn.tracking): "csv" = steps.csv, a row per
+    # step; "tensorboard" = RUN/tensorboard/ (pip install 'cnnrnn[tensorboard]')
+    log: str = "csv"
     single_label: SingleLabelConfig = field(default_factory=SingleLabelConfig)
     multilabel: MultilabelConfig = field(default_factory=MultilabelConfig)
 

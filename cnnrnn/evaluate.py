@@ -25,7 +25,7 @@ from cnnrnn.config import TrainConfig, config_from_dict, read_toml
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST, load_fashion_mnist
 from cnnrnn.errors import CnnrnnError
 from cnnrnn.files import atomic_write
-from cnnrnn.images import read_inputs
+from cnnrnn.images import check_array, read_inputs
 from cnnrnn.models.registry import count_parameters
 from cnnrnn.precision import autocast, resolve_device
 from cnnrnn.run_dir import CONFIG, RunDir
@@ -249,17 +249,24 @@ def evaluate_samples(run: str | Path, split: str = "test", data_dir: str | Path 
     return result, samples
 
 
-def predict_run(run: str | Path, input_path: str | Path, device: str = "cpu",
-                invert: bool = False, options: dict[str, Any] | None = None,
+def predict_run(run: str | Path, input_path: str | Path | np.ndarray | torch.Tensor,
+                device: str = "cpu", invert: bool = False,
+                options: dict[str, Any] | None = None,
                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Predictions of a run's best checkpoint for the images in `input_path`: a .npy or .npz
     array, a PNG or JPEG file or a folder of them (`cnnrnn.images.read_inputs`), with one
-    name per image. `invert` turns dark-on-light photos into light-on-dark ones first. `say`
+    name per image; or, from Python, the uint8 images (N, S, S) themselves, named
+    "images[i]". `invert` turns dark-on-light photos into light-on-dark ones first. `say`
     hears a warning when the run's config.toml was edited (`load_run`)."""
     resolve_device(device)  # an unknown or absent device fails before anything is read
     cfg, task, model, _ = load_run(run, "best", device, say)
     cfg = apply_eval_options(cfg, run, options or {})  # e.g. --decision crm --costs FILE
-    images, names = read_inputs(input_path, task.image_size, invert)
+    if isinstance(input_path, np.ndarray | torch.Tensor):
+        arr = check_array(np.asarray(input_path), task.image_size)
+        images = torch.from_numpy(np.ascontiguousarray(255 - arr if invert else arr))
+        names = [f"images[{i}]" for i in range(len(images))]
+    else:
+        images, names = read_inputs(input_path, task.image_size, invert)
     if len(images):
         outputs = predict_images(task, model, images, cfg, device)
     else:  # every output empty: the task's JSON keys with empty lists, the model never run

@@ -82,6 +82,12 @@ def _read_array(path: Path, size: int) -> np.ndarray:
         held = ", ".join(stored) or "no arrays"
         raise CnnrnnError(f"{path} has no 'images' array (it holds {held}); save one with "
                           "np.savez(FILE, images=arr), as `cnnrnn data mosaics` does")
+    return check_array(arr, size, what)
+
+
+def check_array(arr: np.ndarray, size: int, what: str = "the images") -> np.ndarray:
+    """`arr` checked to be uint8 raw pixels (N, size, size), or one (size, size) image made
+    (1, size, size); `what` names it in the error."""
     if arr.dtype != np.uint8:
         # An all-zero array says nothing about its scale; any other in [0, 1] is a float image.
         if arr.dtype.kind == "f" and arr.size and 0 <= arr.min() and 0 < arr.max() <= 1:

@@ -29,14 +29,16 @@ class Reporter:
 
     def start(self, cfg: Any, n_params: int, n_trainable: int, device: torch.device,
               steps_per_epoch: int, resumed_at: tuple[int, int] | None,
-              metric_label: str = "val") -> None:
+              metric_label: str = "val", threads: int | None = None) -> None:
         if not self.enabled:
             return
         c = self.console
         c.print(f"[bold]{cfg.task} / {cfg.model}[/]: {n_params:,} parameters "
                 f"({n_trainable:,} trainable)")
-        c.print(f"device {device}, precision {cfg.precision}, {steps_per_epoch} steps per "
-                f"epoch of batch {cfg.batch_size}")
+        how = " (auto)" if cfg.threads == -1 else " (pinned)" if cfg.threads > 0 else ""
+        cpu = "" if threads is None else f", {threads} thread{'s' * (threads != 1)}{how}"
+        c.print(f"device {device}, precision {cfg.precision}{cpu}", highlight=False)
+        c.print(f"{steps_per_epoch} steps per epoch of batch {cfg.batch_size}")
         if resumed_at:
             c.print(f"resuming at epoch {resumed_at[0] + 1}, step {resumed_at[1]} of the epoch")
         c.print(f"{'epoch':>5} {'iteration':>9} {'loss':>8} {metric_label:>8} {'ms/step':>8}")

@@ -5,6 +5,8 @@ policy.
     metrics.jsonl      one JSON row per finished epoch
     last.pt, best.pt   checkpoints: every epoch (and on Ctrl-C), and the best on validation
     val_metrics.json   the best checkpoint's validation metrics, at the end
+    steps.csv          one row per optimizer step: step, epoch, loss, lr (config log = "csv")
+    tensorboard/       TensorBoard event files instead (log = "tensorboard"; cnnrnn.tracking)
     eval_*.json, .npz  saved evaluations: metrics and per-sample outputs, keyed by checkpoint
                        and options (cnnrnn.evaluate.evaluate_samples)
     *.png, *.pdf, *.svg  figures drawn from the files above by the run's task
@@ -19,6 +21,7 @@ import fcntl
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +34,7 @@ from cnnrnn.checkpoint import load_checkpoint, save_checkpoint
 from cnnrnn.config import TrainConfig, config_from_dict, save_config
 from cnnrnn.errors import CheckpointError, CnnrnnError, DiskFullError
 from cnnrnn.files import atomic_write
-from cnnrnn.precision import cpu_model
+from cnnrnn.threads import cpu_model
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -39,10 +42,12 @@ LAST = "last.pt"
 BEST = "best.pt"
 VAL_METRICS = "val_metrics.json"
 ENVIRONMENT = "environment.json"  # one entry per start or resume: versions, machine, command
+STEPS = "steps.csv"
+TENSORBOARD = "tensorboard"
 LEARNING_CURVE = "learning_curve.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 CHECKPOINTS = ("best", "last")
-RUN_FILES = (CONFIG, METRICS, LAST, BEST, VAL_METRICS, ENVIRONMENT)
+RUN_FILES = (CONFIG, METRICS, LAST, BEST, VAL_METRICS, ENVIRONMENT, STEPS)
 
 # What may change when a run is resumed; every other option must be the run's own.
 RESUMABLE = ("epochs", "device", "threads", "checkpoint_minutes")
@@ -149,6 +154,7 @@ class RunDir:
             if overwrite:
                 for name in RUN_FILES:
                     (self.path / name).unlink(missing_ok=True)
+                shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
                 for figure in (*self.path.glob("*.png"), *self.path.glob("*.pdf"),
                                *self.path.glob("*.svg")):
                     figure.unlink()

@@ -36,9 +36,9 @@ from cnnrnn.bench import plain_fashion_mnist, plain_loader, torchvision_root
 from cnnrnn.config import TrainConfig, load_config
 from cnnrnn.data.fashion_mnist import train_val_split
 from cnnrnn.errors import CnnrnnError
-from cnnrnn.precision import cpu_model
 from cnnrnn.progress import Reporter
 from cnnrnn.tasks import get_task
+from cnnrnn.threads import cpu_model
 from cnnrnn.train import train
 
 # model -> (its recipe's overrides, the validation accuracy to reach): the pair, the

@@ -41,10 +41,12 @@ from cnnrnn.data.loader import mix_seed
 from cnnrnn.distributed import World
 from cnnrnn.errors import CheckpointError, CnnrnnError, ConfigError
 from cnnrnn.models.registry import count_parameters
-from cnnrnn.precision import auto_threads, autocast, resolve_device
+from cnnrnn.precision import autocast, resolve_device
 from cnnrnn.progress import Reporter
 from cnnrnn.run_dir import LAST, VAL_METRICS, RunDir
 from cnnrnn.tasks import Task, TaskData, get_task, run_predict
+from cnnrnn.threads import use_threads
+from cnnrnn.tracking import Tracker, check_available, open_tracker
 
 
 class TrainingDiverged(CnnrnnError):
@@ -128,8 +130,10 @@ class Session:
     device: torch.device
     extra: dict[str, Any]  # task information stored in every checkpoint
     world: World = field(default_factory=World)
+    threads: int = 1  # torch's CPU threads: cfg.threads resolved, recorded in every checkpoint
     train_model: nn.Module | None = None  # what a step calls: the model, or its DDP wrapper
     scaler: torch.amp.GradScaler | None = None  # fp16 only
+    tracker: Tracker = field(default_factory=Tracker)  # steps.csv or TensorBoard, on rank 0
 
     @property
     def step_model(self) -> nn.Module:
@@ -153,7 +157,7 @@ class Session:
                  "config": self.cfg.to_dict(), "epoch": st.epoch, "step": st.step,
                  "step_in_epoch": st.step_in_epoch, "best_metric": st.best_metric,
                  "best_epoch": st.best_epoch, "history": st.history, "rng": st.rng,
-                 "partial": st.partial, "extra": self.extra}
+                 "partial": st.partial, "extra": self.extra, "threads": self.threads}
         if st.cuda_rng is not None:
             state["cuda_rng"] = st.cuda_rng
         if self.scaler is not None:
@@ -217,14 +221,14 @@ def validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
 
 def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
            data_dir: str | Path | None, world: World) -> tuple[Session, RunState]:
-    if cfg.threads:  # -1: a share of the CPUs when several ranks train on this machine
-        torch.set_num_threads(auto_threads(world.distributed) if cfg.threads == -1
-                              else cfg.threads)
+    state = run.check_resumable(cfg) if resume else None
+    # auto (-1): the count the run chose at its start when resumed, so it repeats bit for bit;
+    # else a share of the CPUs when several ranks train on this machine
+    threads = use_threads(cfg.threads, world.distributed, state.get("threads") if state else None)
     device = world.device(resolve_device(cfg.device))
     if cfg.compile:
         _check_compiler(device)
     task = get_task(cfg.task)
-    state = run.check_resumable(cfg) if resume else None
     data = task.prepare(cfg, load_fashion_mnist(data_dir))
     if cfg.data_device == "auto":  # a no-op on a CPU; on a GPU the batches are built there
         data.train = data.train.to(device)
@@ -266,14 +270,16 @@ def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
         run.record_environment(cfg, resumed=resume, processes=world.world_size)
         if state is not None:
             run.write_history(st.history)
+    tracker = (open_tracker(cfg.log, run, st.step if resume else None) if world.is_main
+               else Tracker())
     train_model = model
     if world.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:  # the step calls only model(...), so the compiled module trains the same
         train_model = torch.compile(train_model)
-    session = Session(cfg, task, run, data, model, criterion, opt,
-                      trainable, device, dict(data.info), world, train_model, scaler)
+    session = Session(cfg, task, run, data, model, criterion, opt, trainable, device,
+                      dict(data.info), world, threads, train_model, scaler, tracker)
     return session, st
 
 
@@ -324,8 +330,9 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         if cfg.channels_last:  # with one channel this changes strides, not data
             x = x.contiguous(memory_format=torch.channels_last)
+        lr = lr_at(st.step, s.total_steps, s.steps_per_epoch, cfg)
         for group in s.opt.param_groups:
-            group["lr"] = lr_at(st.step, s.total_steps, s.steps_per_epoch, cfg)
+            group["lr"] = lr
         with s.autocast():
             loss, n_correct = training_step(s.task, model, s.criterion, x, y)
         (diverged,) = world.agree(not torch.isfinite(loss))  # every rank stops at this step
@@ -349,6 +356,7 @@ def train_one_epoch(s: Session, st: RunState, stop: _StopFlag, reporter: Reporte
             s.opt.step()
         st.step += 1
         st.step_in_epoch += 1
+        s.tracker.step(st.step, epoch + 1, loss.item(), lr)
         sums["loss_sum"] += loss.item() * len(y)
         sums["correct"] += n_correct or 0
         sums["counted"] = n_correct is not None
@@ -426,6 +434,7 @@ def _end_epoch(s: Session, st: RunState, sums: dict[str, Any], reporter: Reporte
         s.run.save(ckpt, "best")
     s.run.save(ckpt, "last")
     s.run.write_history(st.history)
+    s.tracker.epoch(row)
     reporter.epoch_end(row, s.task.primary, improved)
 
 
@@ -436,6 +445,7 @@ def _finish(s: Session) -> None:
     val = validate(s.task, s.model, s.data, s.cfg, s.device, s.autocast)
     s.run.write_json(VAL_METRICS, val)
     s.task.plot_run(s.run, s.run.read_history(), val, s.cfg)
+    s.tracker.finish(s.run, s.model, s.total_steps)
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -453,6 +463,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite:
     if not world.is_main:
         reporter = Reporter(enabled=False)
     reporter = reporter or Reporter(enabled=False)
+    check_available(cfg.log)  # a missing tensorboard package: refused before the folder is made
     world.init(resolve_device(cfg.device))
     with run.lock() if world.is_main else contextlib.nullcontext():
         return _train(cfg, run, resume, overwrite, data_dir, reporter, world)
@@ -464,23 +475,24 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
     n_params = count_parameters(s.model)
     reporter.start(cfg, n_params, count_parameters(s.model, trainable_only=True), s.device,
                    s.steps_per_epoch, resumed_at=(st.epoch, st.step_in_epoch) if resume else None,
-                   metric_label=s.task.metric_label)
+                   metric_label=s.task.metric_label, threads=s.threads)
     stop_reason = "finished"
-    with _StopFlag() as stop:
-        while st.epoch < cfg.epochs:
-            sums = train_one_epoch(s, st, stop, reporter)
-            if sums is None:
-                stop_reason = "interrupted"
-                break
-            _end_epoch(s, st, sums, reporter)
-            (stop_now,) = world.agree(bool(stop.requested))
-            if stop_now:
-                stop.requested = stop.requested or "a signal to another rank"
-                stop_reason = "interrupted"
-                break
-    reporter.finish(stop_reason, run.path, stop.requested)
-    if stop_reason == "finished" and world.is_main:
-        _finish(s)
+    with contextlib.closing(s.tracker):  # steps.csv or the event files, however it ends
+        with _StopFlag() as stop:
+            while st.epoch < cfg.epochs:
+                sums = train_one_epoch(s, st, stop, reporter)
+                if sums is None:
+                    stop_reason = "interrupted"
+                    break
+                _end_epoch(s, st, sums, reporter)
+                (stop_now,) = world.agree(bool(stop.requested))
+                if stop_now:
+                    stop.requested = stop.requested or "a signal to another rank"
+                    stop_reason = "interrupted"
+                    break
+        reporter.finish(stop_reason, run.path, stop.requested)
+        if stop_reason == "finished" and world.is_main:
+            _finish(s)
     world.barrier()  # the files are written before any rank returns (the last collective)
     return {"stop": stop_reason, "best_metric": st.best_metric, "best_epoch": st.best_epoch,
             "primary": s.task.primary, "parameters": n_params, "steps": st.step,

@@ -20,7 +20,7 @@ from cnnrnn.bench import matmul_gflops, median_seconds
 from cnnrnn.config import load_config
 from cnnrnn.models.conv import weight_grad
 from cnnrnn.models.vgg import VGGEncoder
-from cnnrnn.precision import cpu_model
+from cnnrnn.threads import cpu_model
 
 
 def layers(width: float) -> list[tuple[int, int, int, int]]:

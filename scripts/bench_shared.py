@@ -19,7 +19,7 @@ import time
 import torch
 
 from cnnrnn.bench import FULL, BenchSize, build_bench, recipe, step_seconds
-from cnnrnn.precision import auto_threads
+from cnnrnn.threads import auto_threads
 
 BUSY = ("import torch\nx = torch.randn(1024, 1024)\n"
         "while True:\n    with torch.autocast('cpu', dtype=torch.bfloat16):\n        x @ x\n")

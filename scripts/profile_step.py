@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cnnrnn.bench import FULL, MODELS, build_bench, median_seconds, recipe, train_step
 from cnnrnn.data.fashion_mnist import load_fashion_mnist
-from cnnrnn.precision import cpu_model
+from cnnrnn.threads import cpu_model
 
 # group -> the aten operator names (without "aten::") it holds, each a prefix of the names;
 # the first group with a matching prefix wins, so the backward names come before the forward

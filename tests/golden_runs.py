@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cnnrnn.precision import cpu_model
+from cnnrnn.threads import cpu_model
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 FIXTURE_ENCODER = Path(__file__).resolve().parent / "fixtures" / "old_runs" / "bce"

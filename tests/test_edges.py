@@ -479,22 +479,22 @@ def test_evaluate_under_another_label_prior(run, data_dir, user_error):
 
 
 def test_auto_threads_leave_the_busy_cpus_alone(monkeypatch, tmp_path, data_dir):
-    import cnnrnn.precision as precision
+    import cnnrnn.threads as threads
 
-    monkeypatch.setattr(precision.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     for busy, want in ((0, 2), (1, 1), (5, 1)):
-        monkeypatch.setattr(precision, "busy_cpus", lambda b=busy: b)
-        assert precision.auto_threads() == want
+        monkeypatch.setattr(threads, "busy_cpus", lambda b=busy: b)
+        assert threads.auto_threads() == want
     # torchrun's ranks on one machine share its CPUs
-    monkeypatch.setattr(precision.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)))
     for ranks, busy, want in ((2, 0, 4), (2, 6, 2), (3, 0, 2), (16, 0, 1)):
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
-        monkeypatch.setattr(precision, "busy_cpus", lambda b=busy: b)
-        assert precision.auto_threads() == want
-    assert precision.auto_threads(shared=False) == 8  # rank 0 alone, the others waiting
+        monkeypatch.setattr(threads, "busy_cpus", lambda b=busy: b)
+        assert threads.auto_threads() == want
+    assert threads.auto_threads(shared=False) == 8  # rank 0 alone, the others waiting
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    monkeypatch.setattr(precision.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(precision, "busy_cpus", lambda: 1)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 1)
     cfg = load_config("single-label", "gru", overrides={
         "limit_train": 256, "val_size": 500, "batch_size": 64, "model.hidden_size": 8,
         "epochs": 1, "threads": -1})

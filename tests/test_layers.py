@@ -33,12 +33,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "cnnrnn"
 FLOORS: dict[int, tuple[str, ...]] = {
     # 0: the exception hierarchy that every other module raises from, and the version
     0: ("cnnrnn.errors", "cnnrnn.version"),
-    # 1: leaf utilities: progress reporting, devices and autocast, atomic files and recipe
-    #    paths, field checking, reading image files, and the metrics, which work on plain
-    #    arrays
+    # 1: leaf utilities: progress reporting, devices and autocast, CPU threads, atomic files
+    #    and recipe paths, field checking, reading image files, and the metrics, which work on
+    #    plain arrays
     1: (
         "cnnrnn.progress",
         "cnnrnn.precision",
+        "cnnrnn.threads",
         "cnnrnn.files",
         "cnnrnn.schema",
         "cnnrnn.images",
@@ -58,12 +59,14 @@ FLOORS: dict[int, tuple[str, ...]] = {
     5: ("cnnrnn.run_dir",),
     # 6: the tasks (single-label, multilabel) that tie data, models, losses and metrics together
     6: ("cnnrnn.tasks", "cnnrnn.tasks.*"),
-    # 7: the training loop, evaluation of trained runs and printed reports
-    7: ("cnnrnn.train", "cnnrnn.evaluate", "cnnrnn.report"),
-    # 8: work composed of whole trainings and evaluations: encoder preparation, analyses, the
-    #    benchmark of training steps and data pipelines
-    8: ("cnnrnn.encoders", "cnnrnn.bench", "cnnrnn.time_to_accuracy", "cnnrnn.analysis",
-        "cnnrnn.analysis.*"),
+    # 7: the training loop and what it logs to (steps.csv, TensorBoard), evaluation of trained
+    #    runs and printed reports
+    7: ("cnnrnn.train", "cnnrnn.tracking", "cnnrnn.evaluate", "cnnrnn.report"),
+    # 8: work composed of whole trainings and evaluations: encoder preparation, a training
+    #    launched whole (cnnrnn.launch), analyses, the benchmark of training steps and data
+    #    pipelines
+    8: ("cnnrnn.encoders", "cnnrnn.launch", "cnnrnn.bench", "cnnrnn.time_to_accuracy",
+        "cnnrnn.analysis", "cnnrnn.analysis.*"),
     # 9: the command line
     9: ("cnnrnn.cli",),
     # 10: the entry points: `python -m cnnrnn` and the package's own __init__
