@@ -262,10 +262,11 @@ def evaluate(
         "folder")] = False,
     fmt: Annotated[str | None, typer.Option(
         "--format", help="Format of the --plots figures: png, pdf or svg (default png)")] = None,
-    save_samples: Annotated[bool, typer.Option(
-        "--save-samples", help="Also keep the per-sample outputs (eval_*.npz) and the metrics "
-        "(eval_*.json) in the run folder, as `compare --stats` does; an unchanged checkpoint "
-        "and options read them back instead of evaluating again")] = False,
+    save: Annotated[bool, typer.Option(
+        "--save/--no-save", "--save-samples", help="Keep the result (eval_*.json) and the "
+        "per-sample outputs (eval_*.npz) in the run folder, keyed by the checkpoint's bytes "
+        "and the options: evaluate, compare and analyze errors read them back while they "
+        "match instead of running the model again")] = True,
     data_dir: DataDir = None,
 ) -> None:
     """Metrics of a trained run on the test (or validation) split."""
@@ -275,16 +276,15 @@ def evaluate(
         raise CnnrnnError(f"--format {fmt} is the format of the figures; add --plots to write "
                           "them")
     fmt = check_format(fmt or "png")
-    from cnnrnn.evaluate import evaluate_run, evaluate_samples
+    from cnnrnn.evaluate import evaluate_samples
 
     options = {"beam_width": beam_width, "tta_flip": tta, "costs": costs, "decision": decision,
                "prior": prior}
-    if save_samples:
-        result = evaluate_samples(run, split, data_dir, checkpoint, device, options, _note)[0]
-        if result.pop("reused", False):
-            _note(f"note: read the saved evaluation of {run} (same checkpoint and options)")
-    else:
-        result = evaluate_run(run, split, data_dir, checkpoint, device, options, say=_note)
+    result = evaluate_samples(run, split, data_dir, checkpoint, device, options, _note,
+                              save=save)[0]
+    if result.pop("reused", False) and not as_json:  # --json: the same JSON, nothing else
+        _note(f"note: read the saved evaluation of {run} (same checkpoint and options; "
+              "--no-save evaluates again)")
     if as_json:
         _echo_json(result)
         if plots:
@@ -427,7 +427,7 @@ def compare(
     from cnnrnn.evaluate import compare_runs, markdown_table
     from cnnrnn.run_dir import RunDir
 
-    rows = compare_runs(runs, data_dir)
+    rows = compare_runs(runs, data_dir, say=_note)
     for row, name in zip(rows, labels, strict=True):
         row["run"] = name
     if as_json:
@@ -605,10 +605,8 @@ def analyze_errors(
     Exact match by label count and by how common the true set is; wrong counts against swaps.
     """
     from cnnrnn.analysis.errors import breakdown, markdown_table
-    from cnnrnn.data.fashion_mnist import load_fashion_mnist
 
-    fmnist = load_fashion_mnist(data_dir)
-    rows = [breakdown(run, fmnist, {"prior": prior}) for run in runs]
+    rows = [breakdown(run, data_dir, {"prior": prior}, say=_note) for run in runs]
     if as_json:
         _echo_json(rows)
     else:
