@@ -50,6 +50,11 @@ def _note(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _is_terminal() -> bool:
+    """Whether stdout is a terminal (a person reads it), not a pipe or a file."""
+    return sys.stdout.isatty()
+
+
 def _version(value: bool) -> None:
     if value:
         from cnnrnn.version import __version__
@@ -310,8 +315,17 @@ def predict(
     invert: Annotated[bool, typer.Option(
         "--invert", help="Use 255 - x: photos of dark items on a light background become light on "
              "black, like Fashion-MNIST")] = False,
+    fit: Annotated[bool, typer.Option(
+        "--fit", help="Frame each image as Fashion-MNIST framed its items: stretch the "
+        "contrast, trim to the item, fit its longer side to the frame and centre it (after "
+        "--invert: the item must be light on dark). For photos of one item")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON here instead of stdout")
                    ] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the JSON (the default when stdout is not a terminal)")] = False,
+    table: Annotated[bool, typer.Option(
+        "--table", help="Print a table (the default on a terminal without --out): per image "
+        "the top 3 classes in %, or the predicted label set with scores")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "cpu",
     decision: Annotated[str | None, typer.Option(
         help="single-label runs: argmax, or crm (least expected cost under --costs, else the "
@@ -319,7 +333,8 @@ def predict(
     costs: Annotated[str | None, typer.Option(
         help="The class-cost matrix of --decision crm (a file or 'hierarchy')")] = None,
 ) -> None:
-    """Predict the classes (or label sets) of images; the JSON names each image."""
+    """Predict the classes (or label sets) of images: a table on a terminal, else JSON that
+    names each image (--json, --out)."""
     from cnnrnn.config import CHOICES
     from cnnrnn.evaluate import predict_run
     from cnnrnn.files import atomic_write
@@ -330,12 +345,18 @@ def predict(
         raise CnnrnnError(f"--out {out} is a folder; give a file, e.g. {out / 'preds.json'}")
     if out is not None and not out.parent.is_dir():
         raise CnnrnnError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if as_json and table:
+        raise CnnrnnError("choose one of --json and --table")
     result = predict_run(run, inputs, device, invert,
-                         options={"decision": decision, "costs": costs}, say=_note)
+                         options={"decision": decision, "costs": costs}, say=_note, fit=fit)
     if out:
         atomic_write(out, json.dumps(result))
         typer.echo(f"wrote {out}", err=True)
-    else:
+    if table or (not as_json and out is None and _is_terminal()):
+        from cnnrnn.report import print_predictions
+
+        print_predictions(result)
+    elif out is None:
         typer.echo(json.dumps(result))
 
 

@@ -269,15 +269,17 @@ def _saved_or_evaluated(run: str | Path, cfg: TrainConfig, task: Task, model: nn
 
 def predict_run(run: str | Path, input_path: str | Path, device: str = "cpu",
                 invert: bool = False, options: dict[str, Any] | None = None,
-                say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                say: Callable[[str], None] | None = None, fit: bool = False
+                ) -> dict[str, Any]:
     """Predictions of a run's best checkpoint for the images in `input_path`: a .npy or .npz
     array, a PNG or JPEG file or a folder of them (`cnnrnn.images.read_inputs`), with one
-    name per image. `invert` turns dark-on-light photos into light-on-dark ones first. `say`
-    hears a warning when the run's config.toml was edited (`load_run`)."""
+    name per image. `invert` turns dark-on-light photos into light-on-dark ones first, `fit`
+    frames each item as Fashion-MNIST does (`cnnrnn.images.fit_item`). `say` hears a warning
+    when the run's config.toml was edited (`load_run`) or images have a light border."""
     resolve_device(device)  # an unknown or absent device fails before anything is read
     cfg, task, model, _ = load_run(run, "best", device, say)
     cfg = apply_eval_options(cfg, run, options or {})  # e.g. --decision crm --costs FILE
-    images, names = read_inputs(input_path, task.image_size, invert)
+    images, names = read_inputs(input_path, task.image_size, invert, fit, say)
     if len(images):
         outputs = predict_images(task, model, images, cfg, device)
     else:  # every output empty: the task's JSON keys with empty lists, the model never run

@@ -1,15 +1,21 @@
-"""Output for people: evaluations saved in the run folder that evaluate and compare read back
-while the checkpoint is unchanged."""
+"""Output for people: `cnnrnn predict`'s table, photos framed as Fashion-MNIST items
+(--fit) and the light-border warning, and evaluations saved in the run
+folder that evaluate and compare read back while the checkpoint is unchanged."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from cnnrnn.cli import app
+from cnnrnn.data.fashion_mnist import CLASSES
+from cnnrnn.images import ITEM_LEVEL, LIGHT_BORDER, read_inputs
+from cnnrnn.report import prediction_rows
 
 runner = CliRunner()
 TINY = ["--model", "gru", "--epochs", "1", "--limit-train", "256", "--batch-size", "64",
@@ -31,6 +37,87 @@ def run(tmp_path_factory, data_dir) -> Path:
     out = tmp_path_factory.mktemp("runs") / "gru"
     cli("train", "--out", out, "--data-dir", data_dir, *TINY)
     return out
+
+
+# ---- predict: a table for people, JSON for programs -----------------------------------------
+
+def test_predict_prints_a_table_of_the_top_3_or_json(run, fmnist, tmp_path):
+    np.save(tmp_path / "x.npy", fmnist.test_images[:4].numpy())
+    as_json = json.loads(cli("predict", run, tmp_path / "x.npy"))  # not a terminal: JSON
+    assert as_json == json.loads(cli("predict", run, tmp_path / "x.npy", "--json"))
+    table = cli("predict", run, tmp_path / "x.npy", "--table")
+    for i, (label, probs) in enumerate(zip(as_json["labels"], as_json["probs"], strict=True)):
+        row = next(line for line in table.splitlines() if f"x.npy[{i}]" in line)
+        top = np.argsort(probs)[::-1][:3]
+        cells = [f"{CLASSES[k]} {100 * probs[k]:.1f} %" for k in top]
+        assert all(cell in row for cell in cells), (row, cells)
+        assert row.index(cells[0]) < row.index(cells[1]) < row.index(cells[2])
+        assert CLASSES[label] in row
+    # --out keeps writing the JSON, and prints nothing on stdout unless --table asks
+    assert cli("predict", run, tmp_path / "x.npy", "--out", tmp_path / "p.json") == ""
+    assert json.loads((tmp_path / "p.json").read_text()) == as_json
+
+
+def test_a_terminal_gets_the_table_unless_json_or_out(run, fmnist, tmp_path, monkeypatch):
+    import cnnrnn.cli
+
+    np.save(tmp_path / "x.npy", fmnist.test_images[:2].numpy())
+    monkeypatch.setattr(cnnrnn.cli, "_is_terminal", lambda: True)
+    table = cli("predict", run, tmp_path / "x.npy")
+    assert "x.npy[0]" in table and "x.npy[1]" in table and " %" in table
+    assert json.loads(cli("predict", run, tmp_path / "x.npy", "--json"))["names"] == [
+        "x.npy[0]", "x.npy[1]"]
+    assert cli("predict", run, tmp_path / "x.npy", "--out", tmp_path / "p.json") == ""
+
+
+def test_multilabel_rows_give_the_set_with_scores():
+    scores = [0.1] * 10
+    scores[7], scores[8], scores[3] = 0.9, 0.6, 0.4
+    result = {"classes": list(CLASSES), "names": ["m.png"], "label_sets": [[8, 7]],
+              "scores": [scores]}
+    header, rows = prediction_rows(result)
+    assert header[0] == "image"
+    assert rows == [["m.png", "Sneaker 0.90, Bag 0.60", "Dress 0.40, T-shirt/top 0.10"]]
+
+
+# ---- photos: the light-border warning and --fit -------------------------------------------
+
+def photo(tmp_path: Path, name: str = "photo.png") -> Path:
+    """A dark 20x10 item off-centre (top left) on a light 100x80 background."""
+    pixels = np.full((80, 100), 235, np.uint8)
+    pixels[5:15, 10:30] = 20
+    Image.fromarray(pixels).save(tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_light_border_warns_that_it_likely_needs_invert(tmp_path):
+    heard: list[str] = []
+    read_inputs(photo(tmp_path), 28, say=heard.append)
+    assert len(heard) == 1 and "photo.png" in heard[0] and "need --invert" in heard[0]
+    assert f"above {LIGHT_BORDER}" in heard[0]
+    heard.clear()
+    read_inputs(tmp_path / "photo.png", 28, invert=True, say=heard.append)
+    assert heard == []
+
+
+def test_fit_trims_centres_and_fills_the_frame(tmp_path):
+    images, _ = read_inputs(photo(tmp_path), 28, invert=True, fit=True)
+    item = images[0].numpy() > ITEM_LEVEL
+    rows, cols = np.flatnonzero(item.any(1)), np.flatnonzero(item.any(0))
+    # the longer side (20 px wide) fills all 28 columns; the 2:1 item is 14 rows, centred
+    assert (cols[0], cols[-1]) == (0, 27)
+    assert 13 <= len(rows) <= 15 and abs((rows[0] + rows[-1]) / 2 - 13.5) <= 1
+    assert images[0].max() == 255  # contrast stretched
+    plain, _ = read_inputs(tmp_path / "photo.png", 28, invert=True)
+    plain_cols = np.flatnonzero((plain[0].numpy() > ITEM_LEVEL).any(0))
+    assert plain_cols[-1] < 14  # without --fit the item stays small, in the corner
+
+
+def test_predict_fit_on_a_photo_and_its_warning(run, tmp_path):
+    result = invoke("predict", run, photo(tmp_path), "--json")
+    assert "need --invert" in result.stderr
+    fitted = invoke("predict", run, tmp_path / "photo.png", "--invert", "--fit", "--json")
+    assert fitted.stderr == "" and json.loads(fitted.stdout)["names"] == ["photo.png"]
 
 
 # ---- saved evaluations: evaluate, compare -------------------------------------------------
