@@ -613,6 +613,45 @@ def data_mosaics(
                f"to {out}")
 
 
+@data_app.command("export")
+def data_export(
+    out: Annotated[Path, typer.Option(
+        help="x.npy (the images), x.npz (images and labels) or a folder (no suffix) of PNG "
+        "files named NNNN-LABEL.png")],
+    split: Annotated[str, typer.Option(help="test, val or train")] = "test",
+    n: Annotated[int, typer.Option(help="How many: the split's first n items, or n mosaics")
+                 ] = 16,
+    mosaics: Annotated[bool, typer.Option(
+        "--mosaics", help="Mosaics (56x56) of the split instead of its items, drawn as `cnnrnn "
+        "data mosaics` draws them")] = False,
+    prior: Annotated[str | None, typer.Option(
+        help="--mosaics: outfits (default), independent, street, inverted or a TOML file")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="--mosaics: which mosaics are drawn")] = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Write test items (or mosaics) as files to look at and to give `cnnrnn predict`."""
+    from cnnrnn.data.export import check_split, export_items, export_kind, write_export
+    from cnnrnn.report import check_mosaic_count
+
+    check_split(split)
+    if prior is not None and not mosaics:
+        raise CnnrnnError(f"--prior {prior} is the label prior of mosaics; add --mosaics")
+    if mosaics:
+        check_mosaic_count(n)
+    elif n < 1:
+        raise CnnrnnError(f"--n must be at least 1, got {n}")
+    export_kind(out)  # a wrong --out fails before the data is read
+    from cnnrnn.data.fashion_mnist import load_fashion_mnist
+
+    images, labels = export_items(load_fashion_mnist(data_dir), split, n,
+                                  (prior or "outfits") if mosaics else None, seed)
+    paths = write_export(out, images, labels)
+    what = f"{split} mosaics ({prior or 'outfits'})" if mosaics else f"{split} items"
+    typer.echo(f"wrote {len(images)} {what} to {out}"
+               f"{f' ({paths[0].name} ... {paths[-1].name})' if len(paths) > 1 else ''}")
+
+
 @analyze_app.command("errors")
 def analyze_errors(
     runs: Annotated[list[Path], typer.Argument(help="Multilabel run folders")],

@@ -1,5 +1,5 @@
 """Output for people: `cnnrnn predict`'s table, photos framed as Fashion-MNIST items
-(--fit) and the light-border warning, and evaluations saved in the run
+(--fit) and the light-border warning, `cnnrnn data export`, and evaluations saved in the run
 folder that evaluate and compare read back while the checkpoint is unchanged."""
 
 from __future__ import annotations
@@ -118,6 +118,61 @@ def test_predict_fit_on_a_photo_and_its_warning(run, tmp_path):
     assert "need --invert" in result.stderr
     fitted = invoke("predict", run, tmp_path / "photo.png", "--invert", "--fit", "--json")
     assert fitted.stderr == "" and json.loads(fitted.stdout)["names"] == ["photo.png"]
+
+
+# ---- data export -----------------------------------------------------------------------------
+
+def test_export_as_array_and_pngs_predicts_the_same(run, fmnist, data_dir, tmp_path):
+    cli("data", "export", "--n", "16", "--out", tmp_path / "x.npy", "--data-dir", data_dir)
+    cli("data", "export", "--n", "16", "--out", tmp_path / "pngs", "--data-dir", data_dir)
+    exported = np.load(tmp_path / "x.npy", allow_pickle=False)
+    assert exported.dtype == np.uint8 and exported.shape == (16, 28, 28)
+    assert np.array_equal(exported, fmnist.test_images[:16].numpy())
+    names = sorted(p.name for p in (tmp_path / "pngs").iterdir())
+    truth = fmnist.test_labels[:16].tolist()
+    short = [CLASSES[c].split("/")[0].replace(" ", "_") for c in truth]  # Ankle_boot
+    assert names == [f"{i:04d}-{name}.png" for i, name in enumerate(short)]
+    from_array = json.loads(cli("predict", run, tmp_path / "x.npy", "--json"))
+    from_pngs = json.loads(cli("predict", run, tmp_path / "pngs", "--json"))
+    assert from_pngs["names"] == names
+    assert from_array["labels"] == from_pngs["labels"]
+    assert np.allclose(from_array["probs"], from_pngs["probs"], atol=1e-6)
+
+
+def test_export_mosaics_with_their_label_sets(data_dir, tmp_path):
+    cli("data", "export", "--mosaics", "--prior", "independent", "--n", "5", "--out",
+        tmp_path / "m.npz", "--data-dir", data_dir)
+    cli("data", "export", "--mosaics", "--prior", "independent", "--n", "5", "--out",
+        tmp_path / "m", "--data-dir", data_dir)
+    cli("data", "mosaics", "--split", "test", "--prior", "independent", "--n", "5", "--out",
+        tmp_path / "same.npz", "--data-dir", data_dir)
+    with np.load(tmp_path / "m.npz") as z, np.load(tmp_path / "same.npz") as same:
+        images, labels = z["images"], z["labels"]
+        assert np.array_equal(images, same["images"]) and np.array_equal(labels, same["labels"])
+    files = sorted((tmp_path / "m").iterdir())
+    assert len(files) == 5 and images.shape == (5, 56, 56)
+    for i, path in enumerate(files):
+        assert np.array_equal(np.array(Image.open(path)), images[i])
+        named = path.stem.split("-", 1)[1].split("+")
+        assert named == [CLASSES[k].split("/")[0].replace(" ", "_")
+                         for k in np.flatnonzero(labels[i])]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--out", "{tmp}/x.png"], "give a .npy file .* not .png"),
+    (["--out", "{tmp}/x.npy", "--n", "0"], "--n must be at least 1, got 0"),
+    (["--out", "{tmp}/x.npy", "--split", "val", "--n", "5001"],
+     "--n 5001 is out of range: the val split has 5,000 items"),
+    (["--out", "{tmp}/x.npy", "--split", "tset"], "unknown split 'tset'"),
+    (["--out", "{tmp}/x.npy", "--prior", "street"], "add --mosaics"),
+    (["--out", "{tmp}/none/x.npy"], "does not exist"),
+])
+def test_export_mistakes_are_one_line(user_error, data_dir, tmp_path, args, message):
+    import re
+
+    line = user_error("data", "export", *[a.format(tmp=tmp_path) for a in args],
+                      "--data-dir", data_dir)
+    assert re.search(message, line), line
 
 
 # ---- saved evaluations: evaluate, compare -------------------------------------------------
