@@ -47,6 +47,11 @@ def _note(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _is_terminal() -> bool:
+    """Whether stdout is a terminal (a person reads it), not a pipe or a file."""
+    return sys.stdout.isatty()
+
+
 def _version(value: bool) -> None:
     if value:
         from cnnrnn.version import __version__
@@ -214,10 +219,11 @@ def evaluate(
         "folder")] = False,
     fmt: Annotated[str | None, typer.Option(
         "--format", help="Format of the --plots figures: png, pdf or svg (default png)")] = None,
-    save_samples: Annotated[bool, typer.Option(
-        "--save-samples", help="Also keep the per-sample outputs (eval_*.npz) and the metrics "
-        "(eval_*.json) in the run folder, as `compare --stats` does; an unchanged checkpoint "
-        "and options read them back instead of evaluating again")] = False,
+    save: Annotated[bool, typer.Option(
+        "--save/--no-save", "--save-samples", help="Keep the result (eval_*.json) and the "
+        "per-sample outputs (eval_*.npz) in the run folder, keyed by the checkpoint's bytes "
+        "and the options: evaluate, compare and analyze errors read them back while they "
+        "match instead of running the model again")] = True,
     data_dir: DataDir = None,
 ) -> None:
     """Metrics of a trained run on the test (or validation) split."""
@@ -227,16 +233,15 @@ def evaluate(
         raise CnnrnnError(f"--format {fmt} is the format of the figures; add --plots to write "
                           "them")
     fmt = check_format(fmt or "png")
-    from cnnrnn.evaluate import evaluate_run, evaluate_samples
+    from cnnrnn.evaluate import evaluate_samples
 
     options = {"beam_width": beam_width, "tta_flip": tta, "costs": costs, "decision": decision,
                "prior": prior}
-    if save_samples:
-        result = evaluate_samples(run, split, data_dir, checkpoint, device, options, _note)[0]
-        if result.pop("reused", False):
-            _note(f"note: read the saved evaluation of {run} (same checkpoint and options)")
-    else:
-        result = evaluate_run(run, split, data_dir, checkpoint, device, options, say=_note)
+    result = evaluate_samples(run, split, data_dir, checkpoint, device, options, _note,
+                              save=save)[0]
+    if result.pop("reused", False) and not as_json:  # --json: the same JSON, nothing else
+        _note(f"note: read the saved evaluation of {run} (same checkpoint and options; "
+              "--no-save evaluates again)")
     if as_json:
         _echo_json(result)
         if plots:
@@ -262,8 +267,17 @@ def predict(
     invert: Annotated[bool, typer.Option(
         "--invert", help="Use 255 - x: photos of dark items on a light background become light on "
              "black, like Fashion-MNIST")] = False,
+    fit: Annotated[bool, typer.Option(
+        "--fit", help="Frame each image as Fashion-MNIST framed its items: stretch the "
+        "contrast, trim to the item, fit its longer side to the frame and centre it (after "
+        "--invert: the item must be light on dark). For photos of one item")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON here instead of stdout")
                    ] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the JSON (the default when stdout is not a terminal)")] = False,
+    table: Annotated[bool, typer.Option(
+        "--table", help="Print a table (the default on a terminal without --out): per image "
+        "the top 3 classes in %, or the predicted label set with scores")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps")] = "cpu",
     decision: Annotated[str | None, typer.Option(
         help="single-label runs: argmax, or crm (least expected cost under --costs, else the "
@@ -271,7 +285,8 @@ def predict(
     costs: Annotated[str | None, typer.Option(
         help="The class-cost matrix of --decision crm (a file or 'hierarchy')")] = None,
 ) -> None:
-    """Predict the classes (or label sets) of images; the JSON names each image."""
+    """Predict the classes (or label sets) of images: a table on a terminal, else JSON that
+    names each image (--json, --out)."""
     from cnnrnn.config import CHOICES
     from cnnrnn.evaluate import predict_run
     from cnnrnn.files import atomic_write
@@ -282,12 +297,18 @@ def predict(
         raise CnnrnnError(f"--out {out} is a folder; give a file, e.g. {out / 'preds.json'}")
     if out is not None and not out.parent.is_dir():
         raise CnnrnnError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if as_json and table:
+        raise CnnrnnError("choose one of --json and --table")
     result = predict_run(run, inputs, device, invert,
-                         options={"decision": decision, "costs": costs}, say=_note)
+                         options={"decision": decision, "costs": costs}, say=_note, fit=fit)
     if out:
         atomic_write(out, json.dumps(result))
         typer.echo(f"wrote {out}", err=True)
-    else:
+    if table or (not as_json and out is None and _is_terminal()):
+        from cnnrnn.report import print_predictions
+
+        print_predictions(result)
+    elif out is None:
         typer.echo(json.dumps(result))
 
 
@@ -379,7 +400,7 @@ def compare(
     from cnnrnn.evaluate import compare_runs, markdown_table
     from cnnrnn.run_dir import RunDir
 
-    rows = compare_runs(runs, data_dir)
+    rows = compare_runs(runs, data_dir, say=_note)
     for row, name in zip(rows, labels, strict=True):
         row["run"] = name
     if as_json:
@@ -544,6 +565,45 @@ def data_mosaics(
                f"to {out}")
 
 
+@data_app.command("export")
+def data_export(
+    out: Annotated[Path, typer.Option(
+        help="x.npy (the images), x.npz (images and labels) or a folder (no suffix) of PNG "
+        "files named NNNN-LABEL.png")],
+    split: Annotated[str, typer.Option(help="test, val or train")] = "test",
+    n: Annotated[int, typer.Option(help="How many: the split's first n items, or n mosaics")
+                 ] = 16,
+    mosaics: Annotated[bool, typer.Option(
+        "--mosaics", help="Mosaics (56x56) of the split instead of its items, drawn as `cnnrnn "
+        "data mosaics` draws them")] = False,
+    prior: Annotated[str | None, typer.Option(
+        help="--mosaics: outfits (default), independent, street, inverted or a TOML file")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="--mosaics: which mosaics are drawn")] = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Write test items (or mosaics) as files to look at and to give `cnnrnn predict`."""
+    from cnnrnn.data.export import check_split, export_items, export_kind, write_export
+    from cnnrnn.report import check_mosaic_count
+
+    check_split(split)
+    if prior is not None and not mosaics:
+        raise CnnrnnError(f"--prior {prior} is the label prior of mosaics; add --mosaics")
+    if mosaics:
+        check_mosaic_count(n)
+    elif n < 1:
+        raise CnnrnnError(f"--n must be at least 1, got {n}")
+    export_kind(out)  # a wrong --out fails before the data is read
+    from cnnrnn.data.fashion_mnist import load_fashion_mnist
+
+    images, labels = export_items(load_fashion_mnist(data_dir), split, n,
+                                  (prior or "outfits") if mosaics else None, seed)
+    paths = write_export(out, images, labels)
+    what = f"{split} mosaics ({prior or 'outfits'})" if mosaics else f"{split} items"
+    typer.echo(f"wrote {len(images)} {what} to {out}"
+               f"{f' ({paths[0].name} ... {paths[-1].name})' if len(paths) > 1 else ''}")
+
+
 @analyze_app.command("errors")
 def analyze_errors(
     runs: Annotated[list[Path], typer.Argument(help="Multilabel run folders")],
@@ -557,10 +617,8 @@ def analyze_errors(
     Exact match by label count and by how common the true set is; wrong counts against swaps.
     """
     from cnnrnn.analysis.errors import breakdown, markdown_table
-    from cnnrnn.data.fashion_mnist import load_fashion_mnist
 
-    fmnist = load_fashion_mnist(data_dir)
-    rows = [breakdown(run, fmnist, {"prior": prior}) for run in runs]
+    rows = [breakdown(run, data_dir, {"prior": prior}, say=_note) for run in runs]
     if as_json:
         _echo_json(rows)
     else:

@@ -234,6 +234,20 @@ def evaluate_samples(run: str | Path, split: str = "test", data_dir: str | Path 
     resolve_device(device)
     cfg, task, model, state = load_run(run, checkpoint, device, say)
     cfg = apply_eval_options(cfg, run, options or {})
+    return _saved_or_evaluated(run, cfg, task, model, state,
+                               lambda: fmnist or load_fashion_mnist(data_dir), split,
+                               checkpoint, device, save, say)
+
+
+def _saved_or_evaluated(run: str | Path, cfg: TrainConfig, task: Task, model: nn.Module,
+                        state: dict[str, Any], fmnist: Callable[[], FashionMNIST], split: str,
+                        checkpoint: str, device: str, save: bool = True,
+                        say: Callable[[str], None] | None = None
+                        ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A loaded run's saved evaluation if one matches `evaluation_key` (the result then says
+    `"reused": true`), else a fresh one, saved when `save`. `fmnist` is called only when the
+    model must run. A run folder that cannot be written to (read-only) is evaluated all the
+    same; `say` hears why nothing was saved."""
     run_dir = RunDir(run)
     key = evaluation_key(run, cfg, task, split, checkpoint)
     name = _key_name(key)
@@ -241,23 +255,30 @@ def evaluate_samples(run: str | Path, split: str = "test", data_dir: str | Path 
         saved = _read_saved(run_dir, name, key)
         if saved is not None:
             return {**saved[0], "reused": True}, saved[1]
-    result, samples = _evaluate_samples(run, cfg, task, model, state,
-                                        fmnist or load_fashion_mnist(data_dir), split,
+    result, samples = _evaluate_samples(run, cfg, task, model, state, fmnist(), split,
                                         checkpoint, device)
     if save:
-        _write_saved(run_dir, name, key, result, samples)
+        try:
+            _write_saved(run_dir, name, key, result, samples)
+        except OSError as e:
+            if say is not None:
+                say(f"note: could not save the evaluation in {run} ({e.strerror or e}); it "
+                    "will be computed again next time")
     return result, samples
 
 
 def predict_run(run: str | Path, input_path: str | Path | np.ndarray | torch.Tensor,
                 device: str = "cpu", invert: bool = False,
                 options: dict[str, Any] | None = None,
-                say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                say: Callable[[str], None] | None = None, fit: bool = False
+                ) -> dict[str, Any]:
     """Predictions of a run's best checkpoint for the images in `input_path`: a .npy or .npz
     array, a PNG or JPEG file or a folder of them (`cnnrnn.images.read_inputs`), with one
     name per image; or, from Python, the uint8 images (N, S, S) themselves, named
-    "images[i]". `invert` turns dark-on-light photos into light-on-dark ones first. `say`
-    hears a warning when the run's config.toml was edited (`load_run`)."""
+    "images[i]". `invert` turns dark-on-light photos into light-on-dark ones first, `fit`
+    frames each photo's item as Fashion-MNIST does (`cnnrnn.images.fit_item`; files only).
+    `say` hears a warning when the run's config.toml was edited (`load_run`) or images have
+    a light border."""
     resolve_device(device)  # an unknown or absent device fails before anything is read
     cfg, task, model, _ = load_run(run, "best", device, say)
     cfg = apply_eval_options(cfg, run, options or {})  # e.g. --decision crm --costs FILE
@@ -266,7 +287,7 @@ def predict_run(run: str | Path, input_path: str | Path | np.ndarray | torch.Ten
         images = torch.from_numpy(np.ascontiguousarray(255 - arr if invert else arr))
         names = [f"images[{i}]" for i in range(len(images))]
     else:
-        images, names = read_inputs(input_path, task.image_size, invert)
+        images, names = read_inputs(input_path, task.image_size, invert, fit, say)
     if len(images):
         outputs = predict_images(task, model, images, cfg, device)
     else:  # every output empty: the task's JSON keys with empty lists, the model never run
@@ -274,12 +295,14 @@ def predict_run(run: str | Path, input_path: str | Path | np.ndarray | torch.Ten
     return {"classes": list(CLASSES), "names": names, **task.format_predictions(outputs)}
 
 
-def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None
-                 ) -> list[dict[str, Any]]:
+def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None,
+                 say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """One row per run: parameters, ms per step, peak and final validation metric, test metric.
 
     All runs must be of one task, so that one metric compares them; that and each run's history
-    are checked before the data is read."""
+    are checked before the data is read. The test metric is the run's saved evaluation (of
+    `cnnrnn evaluate`, the run's own options on its best checkpoint) while best.pt is
+    unchanged; otherwise the run is evaluated and the result saved."""
     loaded = [load_run(run) for run in runs]
     tasks = {cfg.task for cfg, *_ in loaded}
     if len(tasks) > 1:
@@ -290,11 +313,20 @@ def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None
     for run, history in zip(runs, histories, strict=True):
         if not history:
             raise CnnrnnError(f"{run} has no finished epoch yet; train it first")
-    fmnist = load_fashion_mnist(data_dir)  # read and verified once for all runs
+    fmnist: list[FashionMNIST] = []  # read and verified once, and only if a run is evaluated
+
+    def data() -> FashionMNIST:
+        if not fmnist:
+            fmnist.append(load_fashion_mnist(data_dir))
+        return fmnist[0]
+
     rows = []
     for run, (cfg, task, model, state), history in zip(runs, loaded, histories, strict=True):
         key = f"val_{task.primary}"
-        test = _evaluate_loaded(run, cfg, task, model, state, fmnist, "test", "best", "cpu")
+        # the run's own options, as `cnnrnn evaluate RUN` saves them; reused while best.pt
+        # is unchanged
+        test = _saved_or_evaluated(run, cfg, task, model, state, data, "test", "best", "cpu",
+                                   say=say)[0]
         rows.append({"run": Path(run).name, "task": cfg.task, "model": cfg.model,
                      "parameters": count_parameters(model), "epochs": len(history),
                      "ms_per_step": statistics.median(r["ms_per_step"] for r in history),

@@ -40,6 +40,46 @@ def print_evaluation(result: dict[str, Any], run: Path, plots: bool = False,
         console.print(f"figure: {path}")
 
 
+def prediction_rows(result: dict[str, Any], top: int = 3) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of `cnnrnn predict`'s table from its JSON (`predict_run`).
+
+    Single-label: per image its predicted class and the `top` classes by probability, in %.
+    Multilabel: per image its predicted label set, each label with its score (0-1, the
+    model's own: a probability for binary relevance, the decoder's for a CNN-RNN), and the
+    best-scored labels outside the set."""
+    classes = result["classes"]
+    if "labels" in result:
+        header = ["image", "predicted", *[f"top {k + 1}" for k in range(top)]]
+        rows = []
+        for name, label, probs in zip(result["names"], result["labels"], result["probs"],
+                                      strict=True):
+            best = np.argsort(-np.asarray(probs), kind="stable")[:top]
+            rows.append([name, classes[label],
+                         *[f"{classes[k]} {100 * probs[k]:.1f} %" for k in best]])
+        return header, rows
+    rows = []
+    for name, labels, scores in zip(result["names"], result["label_sets"], result["scores"],
+                                    strict=True):
+        chosen = sorted(labels, key=lambda k: -scores[k])
+        others = [k for k in np.argsort(-np.asarray(scores), kind="stable") if k not in labels]
+        rows.append([name, ", ".join(f"{classes[k]} {scores[k]:.2f}" for k in chosen) or "-",
+                     ", ".join(f"{classes[k]} {scores[k]:.2f}" for k in others[:2])])
+    return ["image", "predicted labels (score)", "next best (score)"], rows
+
+
+def print_predictions(result: dict[str, Any], top: int = 3) -> None:
+    """`cnnrnn predict`'s result as a table on the terminal (`prediction_rows`)."""
+    header, rows = prediction_rows(result, top)
+    table = Table(*header)
+    table.columns[0].overflow = "fold"  # a long file name wraps; it is never cut off
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(f"{len(rows)} image{'s' if len(rows) != 1 else ''}; --json prints every "
+                  "score")
+
+
 def show_samples(out: Path, n: int, seed: int, data_dir: Path | None) -> None:
     """n training images, cycling through the ten classes, titled with their class names."""
     from cnnrnn.plots import plot_image_grid

@@ -466,14 +466,21 @@ def test_the_run_folder_records_its_environment(run):
     assert env["git_commit"] is None or len(env["git_commit"].split("+")[0]) == 40
 
 
-def test_evaluate_under_another_label_prior(run, data_dir, user_error):
-    own = json.loads(cli("evaluate", OLD_BCE, "--json", "--data-dir", data_dir))
-    shifted = json.loads(cli("evaluate", OLD_BCE, "--json", "--prior", "independent",
+def test_evaluate_under_another_label_prior(run, data_dir, user_error, tmp_path, monkeypatch):
+    import cnnrnn.evaluate as ev
+
+    bce = tmp_path / "bce"  # evaluate saves its result in the run folder: not in the fixture
+    shutil.copytree(OLD_BCE, bce)
+    own = json.loads(cli("evaluate", bce, "--json", "--data-dir", data_dir))
+    shifted = json.loads(cli("evaluate", bce, "--json", "--prior", "independent",
                              "--data-dir", data_dir))
     assert (own["prior"], shifted["prior"]) == ("outfits", "independent")
     assert own["n"] == shifted["n"] and own["per_label"] != shifted["per_label"]
-    rows = json.loads(cli("analyze", "errors", OLD_BCE, "--prior", "independent", "--json",
+    # analyze errors reads the predictions evaluate saved under the same prior: no model run
+    monkeypatch.setattr(ev, "predict_images", lambda *a, **k: pytest.fail("the model ran"))
+    rows = json.loads(cli("analyze", "errors", bce, "--prior", "independent", "--json",
                           "--data-dir", data_dir))
+    monkeypatch.undo()
     assert rows[0]["exact"] == pytest.approx(shifted["exact_match"])
     user_error("--prior applies to multilabel runs", "evaluate", run, "--prior", "independent")
 

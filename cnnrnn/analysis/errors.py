@@ -10,6 +10,7 @@ co-occurrence should gain on common sets and may lose on uncommon ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +18,31 @@ import numpy as np
 
 from cnnrnn.data.fashion_mnist import FashionMNIST
 from cnnrnn.errors import CnnrnnError
-from cnnrnn.evaluate import load_run, predict_images
+from cnnrnn.evaluate import evaluate_samples, load_run
 from cnnrnn.tasks import apply_eval_options
 from cnnrnn.tasks.multilabel import Multilabel
 
 
-def breakdown(run: str | Path, fmnist: FashionMNIST, options: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
+def breakdown(run: str | Path, data: FashionMNIST | str | Path | None = None,
+              options: dict[str, Any] | None = None,
+              say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One row of shares (0..1) for a multilabel run, decoded with its own options, or with
-    evaluation `options` (e.g. {"prior": "independent"} for test mosaics under another prior)."""
-    cfg, task, model, _ = load_run(run)
+    evaluation `options` (e.g. {"prior": "independent"} for test mosaics under another prior).
+
+    `data` is the loaded Fashion-MNIST or its folder (None: found as usual). The run's test
+    predictions are those `cnnrnn evaluate` saved for its best checkpoint and these options,
+    if it did (`cnnrnn.evaluate.evaluate_samples`); otherwise it is evaluated and they are
+    saved."""
+    cfg, task, _, _ = load_run(run)
     cfg = apply_eval_options(cfg, run, options or {})
     if not isinstance(task, Multilabel):
         raise CnnrnnError(f"{run} is a {cfg.task} run; the error breakdown reads multilabel runs")
-    data = task.prepare(cfg, fmnist)  # the very test mosaics `cnnrnn evaluate` uses
-    out = predict_images(task, model, data.test_images, cfg)
-    pred = out["label_sets"].numpy().astype(bool)
-    true = data.test_targets.numpy().astype(bool)
+    fmnist = data if isinstance(data, FashionMNIST) else None
+    # the very test mosaics `cnnrnn evaluate` uses, and its saved predictions where they match
+    _, samples = evaluate_samples(run, "test", None if fmnist else data, options=options,
+                                  say=say, fmnist=fmnist)
+    pred = samples["y_pred"].astype(bool)  # (N, 10) multi-hot
+    true = samples["y_true"].astype(bool)
     n_true, n_pred = true.sum(1), pred.sum(1)
     exact = (pred == true).all(1)
     run = Path(run)
