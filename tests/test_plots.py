@@ -152,3 +152,70 @@ def test_figure_mistakes_are_one_line(run, tmp_path):
     for args, message in cases:
         assert re.search(message, cnnrnn_error(*args))
     assert not (tmp_path / "c.gif").exists()
+
+
+# ---- analysis figures ----------------------------------------------------------------------
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot")
+
+
+def test_distance_heatmap_masks_the_diagonal_and_scales_to_the_rest():
+    from matplotlib.colors import to_rgba
+
+    rng = np.random.default_rng(0)
+    d = rng.uniform(0.3, 0.9, size=(10, 10))
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    order = list(rng.permutation(10))
+    fig = plots.distance_heatmaps_figure({"cosine": d, "euclidean": 4 * d}, CLASSES, order,
+                                         "run (cnn-rnn)")
+    off = ~np.eye(10, dtype=bool)
+    heatmaps = [ax for ax in fig.axes if ax.images]  # not the colour bars
+    for ax, scale in zip(heatmaps, (1, 4), strict=True):
+        image = ax.images[0]
+        shown = image.get_array()
+        assert (np.ma.getmaskarray(shown) == ~off).all()  # exactly the diagonal is masked
+        assert np.allclose(shown[off], (scale * d)[np.ix_(order, order)][off])
+        # the colour scale spans the off-diagonal values, not the zero diagonal
+        assert image.norm.vmin == pytest.approx(scale * d[off].min())
+        assert image.norm.vmax == pytest.approx(scale * d[off].max())
+        assert len(ax.texts) == 90  # a number in every off-diagonal cell, none on the diagonal
+        assert tuple(image.cmap.get_bad()) == to_rgba("lightgrey")  # not on the colour scale
+
+
+def label_boxes(fig, names):
+    """The window extents of the map's class-name texts, measured by the renderer."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.axes[0].texts if t.get_text() in names]
+    assert sorted(t.get_text() for t in texts) == sorted(names)
+    return {t.get_text(): Text.get_window_extent(t, renderer) for t in texts}
+
+
+@pytest.mark.parametrize("layout", ["one point", "tight cluster", "two clusters", "spread"])
+def test_embedding_map_names_never_overlap(layout):
+    rng = np.random.default_rng(1)
+    stars = {"one point": np.zeros((10, 2)),
+             "tight cluster": rng.normal(scale=0.02, size=(10, 2)),
+             "two clusters": np.repeat([[0.0, 0.0], [0.3, 0.1]], 5, axis=0)
+             + rng.normal(scale=0.01, size=(10, 2)),
+             "spread": rng.normal(size=(10, 2))}[layout]
+    points = rng.normal(size=(200, 2))
+    title = r"run (cnn-rnn): UMAP of test mosaics ($U_I^{x}\,I$)"
+    fig = plots.embedding_map_figure(points, rng.integers(0, 10, 200), stars, CLASSES, title,
+                                     r"label embeddings, rows of $U_l$")
+    fig.canvas.draw()  # the mathtext must parse
+    boxes = label_boxes(fig, CLASSES)
+    overlapping = [(a, b) for i, a in enumerate(CLASSES) for b in CLASSES[i + 1:]
+                   if boxes[a].overlaps(boxes[b])]
+    assert not overlapping
+    assert "$" in fig.axes[0].get_title()
+    again = plots.embedding_map_figure(points, rng.integers(0, 10, 200), stars, CLASSES, title)
+    assert [t.xyann for t in again.axes[0].texts if t.get_text() in CLASSES] == [
+        t.xyann for t in fig.axes[0].texts if t.get_text() in CLASSES]  # deterministic
+
+
+def test_a_dollar_in_a_run_name_does_not_start_mathtext():
+    assert plots.text_safe("cost$5 (lstm)") == r"cost\$5 (lstm)"
