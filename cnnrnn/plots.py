@@ -7,6 +7,7 @@ function draws one and saves it, at DPI, in the format its file's extension name
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -343,25 +344,78 @@ def plot_embedding_map(points: np.ndarray, colour: np.ndarray, labels: np.ndarra
     return _save(embedding_map_figure(points, colour, labels, class_names, title, stars), out)
 
 
-def plot_per_class_severity(per_class: Mapping[str, Mapping[str, Any]],
-                            class_names: Sequence[str], out: str | Path, title: str,
-                            key: str = "mistake_severity") -> Path:
-    """Grouped bars: `key` per true class for each run (a missing value is left out)."""
-    names = list(per_class)
+def _mean_spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per column of (S, K) values over S seeds (NaN: missing): the mean, and the standard
+    deviation (ddof 1) where S > 1, else None."""
+    with warnings.catch_warnings():  # a class with no mistake in any seed: NaN, no bar
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        spread = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else None
+    return mean, spread
+
+
+def per_class_severity_figure(variants: Mapping[str, Sequence[Mapping[str, Any]]],
+                              class_names: Sequence[str], title: str,
+                              costs: np.ndarray | None = None) -> Figure:
+    """Grouped bars per true class, one group member per variant: its mistake severity (top)
+    and its number of mistakes (bottom).
+
+    `variants` maps a name to one row per seed: {"per_class_severity": {class: {...} | None},
+    "mistakes": [count per class]} (the keys `evaluate_run` returns, "mistakes" from its
+    confusion matrix). Several seeds give bars at their mean with error bars of one standard
+    deviation across seeds. With `costs`, the classes whose every mistake costs the same
+    (cnnrnn.costs.equal_cost_classes) get hatched severity bars and a legend entry: their
+    severity is that cost whatever the model does."""
+    from matplotlib.patches import Patch
+
+    from cnnrnn.costs import equal_cost_classes
+
+    names = list(variants)
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(9, 4.2))
     x = np.arange(len(class_names))
+    marked = set(equal_cost_classes(costs)) if costs is not None else set()
+    fig, (ax_sev, ax_n) = plt.subplots(2, 1, figsize=(9.5, 6.6), sharex=True)
     for i, name in enumerate(names):
-        rows = per_class[name]
-        values = [np.nan if rows.get(c) is None or rows[c].get(key) is None else rows[c][key]
-                  for c in class_names]
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
-    ax.set_xticks(x, class_names, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel=key.replace("_", " "), title=title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+        runs = variants[name]
+        severity = np.array([[np.nan if (row := r["per_class_severity"].get(c)) is None
+                              or row.get("mistake_severity") is None
+                              else row["mistake_severity"] for c in class_names] for r in runs],
+                            dtype=np.float64)  # (S, K)
+        counts = np.array([r["mistakes"] for r in runs], dtype=np.float64)  # (S, K)
+        shift = x + (i - (len(names) - 1) / 2) * width
+        label = name if len(runs) == 1 else f"{name} (mean of {len(runs)} seeds, ±1 sd)"
+        colour = plt.get_cmap("tab10")(i % 10)
+        mean, spread = _mean_spread(severity)
+        bars = ax_sev.bar(shift, mean, width, yerr=spread, capsize=2, label=label,
+                          color=colour, error_kw={"linewidth": 0.8})
+        for k, bar in enumerate(bars):
+            if k in marked:
+                bar.set_hatch("///")
+                bar.set_edgecolor("black")
+        mean, spread = _mean_spread(counts)
+        ax_n.bar(shift, mean, width, yerr=spread, capsize=2, color=colour,
+                 error_kw={"linewidth": 0.8})
+    ax_sev.set(ylabel="mistake severity", title=title)
+    ax_n.set(ylabel="mistakes (test images)")
+    ax_n.set_xticks(x, class_names, rotation=30, ha="right", fontsize=8)
+    for ax in (ax_sev, ax_n):
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = ax_sev.get_legend_handles_labels()
+    if marked:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///"))
+        labels.append("every mistake costs the same (one cost in the row)")
+    ax_sev.set_ylim(top=1.3 * ax_sev.get_ylim()[1])  # room for the legend above the bars
+    ax_sev.legend(handles, labels, fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
+
+
+def plot_per_class_severity(variants: Mapping[str, Sequence[Mapping[str, Any]]],
+                            class_names: Sequence[str], out: str | Path, title: str,
+                            costs: np.ndarray | None = None) -> Path:
+    """per_class_severity_figure, saved to `out`."""
+    return _save(per_class_severity_figure(variants, class_names, title, costs), out)
+
 
 
 # ---- saliency ----------------------------------------------------------------------------------

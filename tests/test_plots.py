@@ -219,3 +219,48 @@ def test_embedding_map_names_never_overlap(layout):
 
 def test_a_dollar_in_a_run_name_does_not_start_mathtext():
     assert plots.text_safe("cost$5 (lstm)") == r"cost\$5 (lstm)"
+
+
+def severity_rows(rng, n_seeds: int) -> list[dict]:
+    return [{"per_class_severity": {c: {"mistake_severity": float(rng.uniform(0.5, 1))}
+                                    for c in CLASSES},
+             "mistakes": rng.integers(0, 50, size=10).tolist()} for _ in range(n_seeds)]
+
+
+def bar_groups(ax) -> list:
+    from matplotlib.container import BarContainer
+
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def test_severity_bars_have_seed_error_bars_counts_and_marked_classes():
+    from cnnrnn.costs import hierarchy_costs
+
+    rng = np.random.default_rng(2)
+    variants = {"cross-entropy": severity_rows(rng, 3), "soft labels": severity_rows(rng, 1)}
+    costs = hierarchy_costs()
+    fig = plots.per_class_severity_figure(variants, CLASSES, "severity", costs)
+    ax_sev, ax_n = fig.axes
+    seeds, one = bar_groups(ax_sev)
+    sev = np.array([[r["per_class_severity"][c]["mistake_severity"] for c in CLASSES]
+                    for r in variants["cross-entropy"]])
+    assert [b.get_height() for b in seeds] == pytest.approx(sev.mean(0))
+    # error bars of one standard deviation across the three seeds; none for a single run
+    low_high = np.array([s[:, 1] for s in seeds.errorbar.lines[2][0].get_segments()])
+    assert low_high[:, 1] - low_high[:, 0] == pytest.approx(2 * sev.std(0, ddof=1))
+    assert one.errorbar is None or not one.errorbar.has_yerr
+    counts = np.array([r["mistakes"] for r in variants["cross-entropy"]])
+    assert [b.get_height() for b in bar_groups(ax_n)[0]] == pytest.approx(counts.mean(0))
+    assert bar_groups(ax_n)[0].errorbar.has_yerr
+    # hatched: the classes whose row of costs off the diagonal holds one value, found here
+    # apart from cnnrnn.costs (the hierarchy's single-class groups)
+    expected = {CLASSES[k] for k in range(10) if len(set(np.delete(costs[k], k))) == 1}
+    assert expected == {"Trouser", "Dress", "Bag"}
+    for container in (seeds, one):
+        hatched = {CLASSES[k] for k, bar in enumerate(container) if bar.get_hatch()}
+        assert hatched == expected
+    legend = [t.get_text() for t in ax_sev.get_legend().get_texts()]
+    assert legend[0] == "cross-entropy (mean of 3 seeds, ±1 sd)" and legend[1] == "soft labels"
+    assert "every mistake costs the same" in legend[2]
+    plain = plots.per_class_severity_figure(variants, CLASSES, "severity")  # no costs: no marks
+    assert not any(bar.get_hatch() for c in bar_groups(plain.axes[0]) for bar in c)

@@ -633,12 +633,36 @@ def test_a_model_without_label_embeddings_is_refused():
     assert check_costs(hierarchy_costs()).max() == 1.0
 
 
-def test_analyze_severity_draws_per_class_bars(runs, tmp_path, data_dir):
-    out = cli("analyze", "severity", runs["plain"], runs["soft"], "--costs", "hierarchy",
+def test_analyze_severity_draws_per_class_bars(runs, tmp_path, data_dir, monkeypatch):
+    """Runs given one --label are one variant's seeds: mean bars with error bars; the bottom
+    panel counts each class's mistakes; the hierarchy's classes whose every mistake costs the
+    same are hatched."""
+    from matplotlib.container import BarContainer
+
+    from cnnrnn import plots
+
+    drawn = []
+    figure = plots.per_class_severity_figure
+    monkeypatch.setattr(plots, "per_class_severity_figure",
+                        lambda *a, **k: drawn.append(figure(*a, **k)) or drawn[-1])
+    out = cli("analyze", "severity", runs["plain"], runs["plain"], runs["ec"], runs["soft"],
+              "--costs", "hierarchy", "--label", "cross-entropy", "--label", "cross-entropy",
               "--label", "cross-entropy", "--label", "soft labels", "--out",
               tmp_path / "sev.png", "--data-dir", data_dir)
-    assert out.startswith("cross-entropy: accuracy ") and "mistake severity" in out
+    lines = out.splitlines()
+    assert lines[0].startswith("cross-entropy (plain): accuracy ") and "mistake severity" in out
+    assert lines[3].startswith("soft labels: accuracy ")
     assert (tmp_path / "sev.png").read_bytes()[:4] == b"\x89PNG"
+    ax_sev, ax_n = drawn[0].axes
+    seeds, soft = [c for c in ax_sev.containers if isinstance(c, BarContainer)]
+    assert seeds.errorbar.has_yerr and soft.errorbar is None
+    assert {CLASSES[k] for k, bar in enumerate(seeds) if bar.get_hatch()} == {
+        "Trouser", "Dress", "Bag"}
+    cm = np.array(json.loads(cli("evaluate", runs["soft"], "--json", "--data-dir", data_dir))[
+        "confusion_matrix"])
+    counts = [bar.get_height() for bar in
+              [c for c in ax_n.containers if isinstance(c, BarContainer)][1]]
+    assert counts == (cm.sum(1) - np.diag(cm)).tolist()
     proc = cnnrnn("analyze", "severity", OLD_BCE, "--costs", "hierarchy", "--data-dir",
                   data_dir)
     assert proc.returncode == 2 and "analyze severity compares single-label runs" in proc.stderr
