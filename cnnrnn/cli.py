@@ -704,32 +704,52 @@ def analyze_severity(
     runs: Annotated[list[Path], typer.Argument(help="Single-label run folders")],
     costs: Annotated[str, typer.Option(help="The cost matrix (file or 'hierarchy')")],
     label: Annotated[list[str] | None, typer.Option(
-        "--label", help="One name per run for the legend (default: the folder names)")] = None,
+        "--label", help="One name per run for the legend; runs given the same name are one "
+        "variant's seeds (default: runs whose configs differ only in seed are)")] = None,
     decision: Annotated[str | None, typer.Option(help="argmax or crm")] = None,
     out: Annotated[Path, typer.Option(help="The figure (.png, .pdf, .svg)")] = Path(
         "severity.png"),
     data_dir: DataDir = None,
 ) -> None:
-    """Per-class mistake severity of several runs under one cost matrix, as grouped bars."""
+    """Per-class mistake severity and number of mistakes of several runs under one cost matrix,
+    as grouped bars; a variant with several seeds gets its mean and error bars (one standard
+    deviation), and the classes whose every mistake costs the same are hatched."""
+    import numpy as np
+
+    from cnnrnn.costs import load_costs
     from cnnrnn.data.fashion_mnist import CLASSES
     from cnnrnn.evaluate import evaluate_run
     from cnnrnn.plots import figure_path, plot_per_class_severity
 
     figure_path(out)
-    labels = _run_labels(label, runs)
-    per_class = {}
-    for name, run in zip(labels, runs, strict=True):
-        result = evaluate_run(run, "test", data_dir, options={"costs": costs,
-                                                                "decision": decision})
-        if "per_class_severity" not in result:
-            raise CnnrnnError(f"{run} is a {result['task']} run; analyze severity compares "
-                              "single-label runs (a multilabel run: evaluate --costs)")
-        per_class[name] = result["per_class_severity"]
-        typer.echo(f"{name}: accuracy {100 * result['accuracy']:.2f} %, mistake severity "
-                   f"{result['mistake_severity']:.4f}, hdist@1 {result['hdist@1']:.4f}")
+    matrix = load_costs(costs)  # a bad cost file fails before any run is evaluated
+    if label:
+        _run_labels(label, runs)  # one --label per run
+        groups: dict[str, list[Path]] = {}
+        for name, run in zip(label, runs, strict=True):
+            groups.setdefault(name, []).append(run)
+    else:
+        from cnnrnn.analysis.seeds import group_runs
+
+        groups = group_runs(runs)
+    variants: dict[str, list[dict]] = {}
+    for name, members in groups.items():
+        for run in members:
+            result = evaluate_run(run, "test", data_dir, options={"costs": costs,
+                                                                    "decision": decision})
+            if "per_class_severity" not in result:
+                raise CnnrnnError(f"{run} is a {result['task']} run; analyze severity compares "
+                                  "single-label runs (a multilabel run: evaluate --costs)")
+            cm = np.array(result["confusion_matrix"])  # (K, K), rows: true class
+            variants.setdefault(name, []).append({
+                "per_class_severity": result["per_class_severity"],
+                "mistakes": (cm.sum(1) - np.diag(cm)).tolist()})
+            who = name if len(members) == 1 else f"{name} ({Path(run).name})"
+            typer.echo(f"{who}: accuracy {100 * result['accuracy']:.2f} %, mistake severity "
+                       f"{result['mistake_severity']:.4f}, hdist@1 {result['hdist@1']:.4f}")
     where = Path(costs).stem if Path(costs).suffix else costs
-    plot_per_class_severity(per_class, CLASSES, out, f"mistake severity per class under the "
-                            f"{where} costs (test set)")
+    plot_per_class_severity(variants, CLASSES, out, f"mistake severity per class under the "
+                            f"{where} costs (test set)", matrix)
     typer.echo(f"wrote {out}")
 
 

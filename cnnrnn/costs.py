@@ -210,3 +210,12 @@ def write_costs(path: str | Path, costs: np.ndarray, source: str) -> list[Path]:
     atomic_write(json_path, json.dumps({"classes": list(CLASSES), "source": source,
                                         "costs": np.round(c, 6).tolist()}, indent=1))
     return [csv_path, json_path]
+
+
+def equal_cost_classes(costs: np.ndarray, atol: float = 1e-9) -> list[int]:
+    """The true classes whose every mistake costs the same (all off-diagonal costs of the row
+    equal, within `atol`): their mistake severity is that one cost by construction, whatever the
+    model predicts (under the hierarchy: Trouser, Dress and Bag, alone in their groups)."""
+    c = np.asarray(costs, dtype=np.float64)
+    off = c[~np.eye(len(c), dtype=bool)].reshape(len(c), len(c) - 1)  # (K, K-1)
+    return [k for k, row in enumerate(off) if np.ptp(row) <= atol]

@@ -7,6 +7,7 @@ function draws one and saves it, at DPI, in the format its file's extension name
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,27 +179,43 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], out: str | Path,
 
 # ---- label embeddings ----------------------------------------------------------------------
 
-def plot_distance_heatmaps(distances: Mapping[str, np.ndarray], class_names: Sequence[str],
-                           order: Sequence[int], out: str | Path, title: str) -> Path:
+def distance_heatmaps_figure(distances: Mapping[str, np.ndarray], class_names: Sequence[str],
+                             order: Sequence[int], title: str) -> Figure:
     """One heatmap per distance (e.g. cosine and Euclidean), classes in `order` (a clustering's
-    leaf order, so that close classes sit together)."""
+    leaf order, so that close classes sit together).
+
+    The diagonal (a class's zero distance to itself) is masked and drawn grey, and the colour
+    scale spans the off-diagonal values only: a zero diagonal would otherwise take the bottom
+    of the scale and flatten the structure between classes."""
     names = [class_names[i] for i in order]
+    k = len(names)
+    diagonal = np.eye(k, dtype=bool)
     fig, axes = plt.subplots(1, len(distances), figsize=(6.2 * len(distances), 5.4),
                              squeeze=False)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     for ax, (metric, d) in zip(axes[0], distances.items(), strict=True):
-        m = np.asarray(d)[np.ix_(order, order)]
-        im = ax.imshow(m, cmap="viridis")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if m[i, j] < 0.6 * m.max() else "black")
+        m = np.ma.masked_array(np.asarray(d, dtype=np.float64)[np.ix_(order, order)], diagonal)
+        low, high = float(m.min()), float(m.max())  # masked entries are left out
+        im = ax.imshow(m, cmap=cmap, vmin=low, vmax=high)
+        ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), names, fontsize=8)
+        middle = (low + high) / 2
+        for i in range(k):
+            for j in range(k):
+                if i != j:
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if m[i, j] < middle else "black")
         ax.set_title(f"{metric} distance" if metric in ("cosine", "euclidean") else metric)
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="off the diagonal (the diagonal: grey)")
     fig.suptitle(f"{title} (clustered order)")
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
+
+
+def plot_distance_heatmaps(distances: Mapping[str, np.ndarray], class_names: Sequence[str],
+                           order: Sequence[int], out: str | Path, title: str) -> Path:
+    """distance_heatmaps_figure, saved to `out`."""
+    return _save(distance_heatmaps_figure(distances, class_names, order, title), out)
 
 
 def plot_dendrogram(linkage: np.ndarray, class_names: Sequence[str], out: str | Path,
@@ -215,47 +232,190 @@ def plot_dendrogram(linkage: np.ndarray, class_names: Sequence[str], out: str | 
     return _save(fig, out)
 
 
-def plot_embedding_map(points: np.ndarray, colour: np.ndarray, labels: np.ndarray,
-                       class_names: Sequence[str], out: str | Path, title: str) -> Path:
-    """A 2-D map: image points coloured by class, and the label embeddings as named stars."""
+def text_safe(text: str) -> str:
+    """`text` with its dollar signs escaped, so that a run folder's name in a title never
+    starts or ends mathtext."""
+    return text.replace("$", r"\$")
+
+
+STAR_SIZE = 260  # the label embeddings' star markers, in points squared
+# Where a star's name may go, in points from the star, nearest first: 12 directions on rings
+# of growing radius. The first ring clears the star marker (s=260: about 8 points of radius).
+_RINGS = (11, 20, 32, 46, 62, 80, 100)
+_DIRECTIONS = np.deg2rad(np.arange(45, 405, 30))
+
+
+def _candidates() -> list[tuple[float, float, str, str]]:
+    """(dx, dy, ha, va) in points: a name right of the star starts there, one above sits on it."""
+    out = []
+    for r in _RINGS:
+        for a in _DIRECTIONS:
+            dx, dy = r * np.cos(a), r * np.sin(a)
+            ha = "left" if dx > 0.3 * r else "right" if dx < -0.3 * r else "center"
+            va = "bottom" if dy > 0.3 * r else "top" if dy < -0.3 * r else "center"
+            out.append((float(dx), float(dy), ha, va))
+    return out
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """The area two display boxes share (0 if they do not overlap)."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def place_labels(ax: Axes, texts: Sequence[Any], obstacles: Sequence[Any] = (),
+                 pad: float = 2.0) -> None:
+    """Move each annotation in `texts` (offset in points from its point) to the first of
+    `_candidates()` where its box, measured by the renderer and grown by `pad` pixels, overlaps
+    no name placed before it, no box in `obstacles` (e.g. the stars) and stays inside the axes;
+    else to the candidate with the least overlap. Deterministic: the same figure gives the same
+    places. Call it after the figure's layout is final (tight_layout moves the axes)."""
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    for text in texts:
+        best, best_cost = None, np.inf
+        for dx, dy, ha, va in _candidates():
+            text.xyann = (dx, dy)
+            text.set_ha(ha)
+            text.set_va(va)
+            box = text.get_window_extent(renderer).padded(pad)
+            cost = sum(_overlap(box, other) for other in (*placed, *obstacles))
+            out_of_axes = box.width * box.height - _overlap(box, inside)
+            cost += 0.5 * out_of_axes  # a name may leave the axes if nothing else fits
+            if cost < best_cost:
+                best, best_cost = (dx, dy, ha, va), cost
+            if cost == 0:
+                break
+        dx, dy, ha, va = best
+        text.xyann = (dx, dy)
+        text.set_ha(ha)
+        text.set_va(va)
+        placed.append(text.get_window_extent(renderer).padded(pad))
+
+
+def embedding_map_figure(points: np.ndarray, colour: np.ndarray, labels: np.ndarray,
+                         class_names: Sequence[str], title: str,
+                         stars: str = "label embeddings") -> Figure:
+    """A 2-D map: image points coloured by class, and the label embeddings as named stars.
+
+    The names are placed by place_labels, so that no two overprint and none covers a star.
+    `title` and `stars` (the legend's name for the stars) may hold mathtext, e.g. $U_l$."""
     cmap = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(8, 6.5))
+    fig, ax = plt.subplots(figsize=(9.2, 6.5))
     for k, name in enumerate(class_names):
         mask = colour == k
         if mask.any():
             ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.5, color=cmap(k),
                        label=name, linewidths=0)
-    for k, (name, (x, y)) in enumerate(zip(class_names, labels, strict=True)):
-        ax.scatter([x], [y], marker="*", s=260, color=cmap(k), edgecolors="black",
+    for k, (x, y) in enumerate(labels):
+        ax.scatter([x], [y], marker="*", s=STAR_SIZE, color=cmap(k), edgecolors="black",
                    linewidths=0.8, zorder=3)
-        ax.annotate(name, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8,
-                    weight="bold", zorder=4)
     ax.set(title=title, xticks=[], yticks=[])
-    ax.legend(fontsize=7, markerscale=2.5, loc="best", title="class (stars: label embeddings)",
-              title_fontsize=7)
-    fig.tight_layout()
-    return _save(fig, out)
+    ax.legend(fontsize=7, markerscale=2.5, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title=f"class (stars: {stars})", title_fontsize=7)
+    ax.margins(0.12)  # room around the stars for their names
+    fig.tight_layout()  # before the names are placed: it moves the axes
+    texts = [ax.annotate(name, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=8,
+                         weight="bold", zorder=4,
+                         bbox={"boxstyle": "round,pad=0.15", "facecolor": "white",
+                               "alpha": 0.75, "linewidth": 0})
+             for name, (x, y) in zip(class_names, labels, strict=True)]
+    from matplotlib.transforms import Bbox
+
+    ax.get_xlim()  # the autoscaled limits, before data turn into pixels
+    half = np.sqrt(STAR_SIZE) / 2 * fig.dpi / 72  # the star's half width, in pixels
+    centres = ax.transData.transform(np.asarray(labels, dtype=np.float64))  # (K, 2) pixels
+    place_labels(ax, texts, [Bbox.from_extents(x - half, y - half, x + half, y + half)
+                             for x, y in centres])
+    for text, (x, y) in zip(texts, labels, strict=True):
+        if np.hypot(*text.xyann) > _RINGS[0]:  # far from its star: a thin line back to it
+            ax.annotate("", (x, y), xytext=text.xyann, textcoords="offset points", zorder=2,
+                        arrowprops={"arrowstyle": "-", "color": "0.3", "linewidth": 0.6,
+                                    "shrinkA": 0, "shrinkB": 6})
+    return fig
 
 
-def plot_per_class_severity(per_class: Mapping[str, Mapping[str, Any]],
-                            class_names: Sequence[str], out: str | Path, title: str,
-                            key: str = "mistake_severity") -> Path:
-    """Grouped bars: `key` per true class for each run (a missing value is left out)."""
-    names = list(per_class)
+def plot_embedding_map(points: np.ndarray, colour: np.ndarray, labels: np.ndarray,
+                       class_names: Sequence[str], out: str | Path, title: str,
+                       stars: str = "label embeddings") -> Path:
+    """embedding_map_figure, saved to `out` (its layout kept: the names were placed in it)."""
+    return _save(embedding_map_figure(points, colour, labels, class_names, title, stars), out)
+
+
+def _mean_spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per column of (S, K) values over S seeds (NaN: missing): the mean, and the standard
+    deviation (ddof 1) where S > 1, else None."""
+    with warnings.catch_warnings():  # a class with no mistake in any seed: NaN, no bar
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        spread = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else None
+    return mean, spread
+
+
+def per_class_severity_figure(variants: Mapping[str, Sequence[Mapping[str, Any]]],
+                              class_names: Sequence[str], title: str,
+                              costs: np.ndarray | None = None) -> Figure:
+    """Grouped bars per true class, one group member per variant: its mistake severity (top)
+    and its number of mistakes (bottom).
+
+    `variants` maps a name to one row per seed: {"per_class_severity": {class: {...} | None},
+    "mistakes": [count per class]} (the keys `evaluate_run` returns, "mistakes" from its
+    confusion matrix). Several seeds give bars at their mean with error bars of one standard
+    deviation across seeds. With `costs`, the classes whose every mistake costs the same
+    (cnnrnn.costs.equal_cost_classes) get hatched severity bars and a legend entry: their
+    severity is that cost whatever the model does."""
+    from matplotlib.patches import Patch
+
+    from cnnrnn.costs import equal_cost_classes
+
+    names = list(variants)
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(9, 4.2))
     x = np.arange(len(class_names))
+    marked = set(equal_cost_classes(costs)) if costs is not None else set()
+    fig, (ax_sev, ax_n) = plt.subplots(2, 1, figsize=(9.5, 6.6), sharex=True)
     for i, name in enumerate(names):
-        rows = per_class[name]
-        values = [np.nan if rows.get(c) is None or rows[c].get(key) is None else rows[c][key]
-                  for c in class_names]
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
-    ax.set_xticks(x, class_names, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel=key.replace("_", " "), title=title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+        runs = variants[name]
+        severity = np.array([[np.nan if (row := r["per_class_severity"].get(c)) is None
+                              or row.get("mistake_severity") is None
+                              else row["mistake_severity"] for c in class_names] for r in runs],
+                            dtype=np.float64)  # (S, K)
+        counts = np.array([r["mistakes"] for r in runs], dtype=np.float64)  # (S, K)
+        shift = x + (i - (len(names) - 1) / 2) * width
+        label = name if len(runs) == 1 else f"{name} (mean of {len(runs)} seeds, ±1 sd)"
+        colour = plt.get_cmap("tab10")(i % 10)
+        mean, spread = _mean_spread(severity)
+        bars = ax_sev.bar(shift, mean, width, yerr=spread, capsize=2, label=label,
+                          color=colour, error_kw={"linewidth": 0.8})
+        for k, bar in enumerate(bars):
+            if k in marked:
+                bar.set_hatch("///")
+                bar.set_edgecolor("black")
+        mean, spread = _mean_spread(counts)
+        ax_n.bar(shift, mean, width, yerr=spread, capsize=2, color=colour,
+                 error_kw={"linewidth": 0.8})
+    ax_sev.set(ylabel="mistake severity", title=title)
+    ax_n.set(ylabel="mistakes (test images)")
+    ax_n.set_xticks(x, class_names, rotation=30, ha="right", fontsize=8)
+    for ax in (ax_sev, ax_n):
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = ax_sev.get_legend_handles_labels()
+    if marked:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///"))
+        labels.append("every mistake costs the same (one cost in the row)")
+    ax_sev.set_ylim(top=1.3 * ax_sev.get_ylim()[1])  # room for the legend above the bars
+    ax_sev.legend(handles, labels, fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
+
+
+def plot_per_class_severity(variants: Mapping[str, Sequence[Mapping[str, Any]]],
+                            class_names: Sequence[str], out: str | Path, title: str,
+                            costs: np.ndarray | None = None) -> Path:
+    """per_class_severity_figure, saved to `out`."""
+    return _save(per_class_severity_figure(variants, class_names, title, costs), out)
+
 
 
 # ---- saliency ----------------------------------------------------------------------------------

@@ -213,10 +213,14 @@ def training_step(task: Task, model: nn.Module, criterion: nn.Module, x: torch.T
 def validate(task: Task, model: nn.Module, data: TaskData, cfg: TrainConfig,
              device: torch.device, autocast_ctx: Callable[[], Any] | None = None
              ) -> dict[str, Any]:
-    """Metrics on the validation split, after the task's calibration (the BCE threshold)."""
+    """Metrics on the validation split, after the task's calibration (the BCE threshold), and
+    the validation loss ("loss")."""
     outputs = run_predict(task, model, data.val_images, cfg, device, autocast_ctx)
     outputs = task.calibrate(model, outputs, data.val_targets, cfg)
-    return task.metrics(outputs, data.val_targets, cfg)
+    metrics = task.metrics(outputs, data.val_targets, cfg)
+    loss = task.validation_loss(model, data.val_images, data.val_targets, cfg, device,
+                                autocast_ctx)
+    return metrics if loss is None else {**metrics, "loss": loss}
 
 
 def _setup(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,

@@ -124,6 +124,8 @@ def test_bce_threshold_is_chosen_on_validation_and_saved(encoder_run, data_dir, 
     assert 0.0 < threshold < 1.0 and threshold != 0.5
     _, _, model, _ = load_run(run)
     assert float(model.threshold) == threshold
+    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["val_loss"]) for r in history)  # the BCE on validation mosaics
     # `cnnrnn analyze errors` on this run: its shares add up and agree with evaluate
     from cnnrnn.analysis.errors import breakdown
     from cnnrnn.data.fashion_mnist import load_fashion_mnist
@@ -189,6 +191,35 @@ def test_automatic_encoder_pretraining_is_cached(data_dir, tmp_path, monkeypatch
     again = prepare(load_config("multilabel", overrides=over), explicit=over, data_dir=data_dir,
                     reporter=listening_reporter)
     assert "using the cached pretrained encoder" in said[1] and again == cfg
+
+
+def test_cnn_rnn_logs_and_draws_its_validation_loss(encoder_run, data_dir, fmnist, tmp_path):
+    """metrics.jsonl holds the training criterion on the validation mosaics, teacher-forced
+    as in training (recomputed here from last.pt in one batch), and the learning curve draws
+    it next to the training loss on integer epochs."""
+    from cnnrnn import plots
+    from cnnrnn.data.loader import to_input
+
+    run = tmp_path / "cnn-rnn"
+    train(ml_config("cnn-rnn", encoder_run, precision="fp32", **{"multilabel.order": "pla"}),
+          run, data_dir=data_dir)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["val_loss"]) for r in rows)
+    cfg, task, model, _ = load_run(run, "last")
+    data = task.prepare(cfg, fmnist)
+    x, y = to_input(data.val_images), data.val_targets  # 200 mosaics: one batch, as in training
+    with torch.no_grad():
+        loss = task.criterion(cfg)(model.eval()(x, y), y)
+    assert rows[-1]["val_loss"] == pytest.approx(float(loss), rel=1e-4)
+    fig = plots.learning_curve_figure(rows, task.primary)
+    ax_loss = fig.axes[0]
+    assert [line.get_label() for line in ax_loss.lines] == ["train", "validation"]
+    assert list(ax_loss.lines[1].get_ydata()) == [r["val_loss"] for r in rows]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [1, 2]
 
 
 def test_multilabel_resume_equals_straight(encoder_run, data_dir, tmp_path):

@@ -152,3 +152,115 @@ def test_figure_mistakes_are_one_line(run, tmp_path):
     for args, message in cases:
         assert re.search(message, cnnrnn_error(*args))
     assert not (tmp_path / "c.gif").exists()
+
+
+# ---- analysis figures ----------------------------------------------------------------------
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot")
+
+
+def test_distance_heatmap_masks_the_diagonal_and_scales_to_the_rest():
+    from matplotlib.colors import to_rgba
+
+    rng = np.random.default_rng(0)
+    d = rng.uniform(0.3, 0.9, size=(10, 10))
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    order = list(rng.permutation(10))
+    fig = plots.distance_heatmaps_figure({"cosine": d, "euclidean": 4 * d}, CLASSES, order,
+                                         "run (cnn-rnn)")
+    off = ~np.eye(10, dtype=bool)
+    heatmaps = [ax for ax in fig.axes if ax.images]  # not the colour bars
+    for ax, scale in zip(heatmaps, (1, 4), strict=True):
+        image = ax.images[0]
+        shown = image.get_array()
+        assert (np.ma.getmaskarray(shown) == ~off).all()  # exactly the diagonal is masked
+        assert np.allclose(shown[off], (scale * d)[np.ix_(order, order)][off])
+        # the colour scale spans the off-diagonal values, not the zero diagonal
+        assert image.norm.vmin == pytest.approx(scale * d[off].min())
+        assert image.norm.vmax == pytest.approx(scale * d[off].max())
+        assert len(ax.texts) == 90  # a number in every off-diagonal cell, none on the diagonal
+        assert tuple(image.cmap.get_bad()) == to_rgba("lightgrey")  # not on the colour scale
+
+
+def label_boxes(fig, names):
+    """The window extents of the map's class-name texts, measured by the renderer."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.axes[0].texts if t.get_text() in names]
+    assert sorted(t.get_text() for t in texts) == sorted(names)
+    return {t.get_text(): Text.get_window_extent(t, renderer) for t in texts}
+
+
+@pytest.mark.parametrize("layout", ["one point", "tight cluster", "two clusters", "spread"])
+def test_embedding_map_names_never_overlap(layout):
+    rng = np.random.default_rng(1)
+    stars = {"one point": np.zeros((10, 2)),
+             "tight cluster": rng.normal(scale=0.02, size=(10, 2)),
+             "two clusters": np.repeat([[0.0, 0.0], [0.3, 0.1]], 5, axis=0)
+             + rng.normal(scale=0.01, size=(10, 2)),
+             "spread": rng.normal(size=(10, 2))}[layout]
+    points = rng.normal(size=(200, 2))
+    title = r"run (cnn-rnn): UMAP of test mosaics ($U_I^{x}\,I$)"
+    fig = plots.embedding_map_figure(points, rng.integers(0, 10, 200), stars, CLASSES, title,
+                                     r"label embeddings, rows of $U_l$")
+    fig.canvas.draw()  # the mathtext must parse
+    boxes = label_boxes(fig, CLASSES)
+    overlapping = [(a, b) for i, a in enumerate(CLASSES) for b in CLASSES[i + 1:]
+                   if boxes[a].overlaps(boxes[b])]
+    assert not overlapping
+    assert "$" in fig.axes[0].get_title()
+    again = plots.embedding_map_figure(points, rng.integers(0, 10, 200), stars, CLASSES, title)
+    assert [t.xyann for t in again.axes[0].texts if t.get_text() in CLASSES] == [
+        t.xyann for t in fig.axes[0].texts if t.get_text() in CLASSES]  # deterministic
+
+
+def test_a_dollar_in_a_run_name_does_not_start_mathtext():
+    assert plots.text_safe("cost$5 (lstm)") == r"cost\$5 (lstm)"
+
+
+def severity_rows(rng, n_seeds: int) -> list[dict]:
+    return [{"per_class_severity": {c: {"mistake_severity": float(rng.uniform(0.5, 1))}
+                                    for c in CLASSES},
+             "mistakes": rng.integers(0, 50, size=10).tolist()} for _ in range(n_seeds)]
+
+
+def bar_groups(ax) -> list:
+    from matplotlib.container import BarContainer
+
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def test_severity_bars_have_seed_error_bars_counts_and_marked_classes():
+    from cnnrnn.costs import hierarchy_costs
+
+    rng = np.random.default_rng(2)
+    variants = {"cross-entropy": severity_rows(rng, 3), "soft labels": severity_rows(rng, 1)}
+    costs = hierarchy_costs()
+    fig = plots.per_class_severity_figure(variants, CLASSES, "severity", costs)
+    ax_sev, ax_n = fig.axes
+    seeds, one = bar_groups(ax_sev)
+    sev = np.array([[r["per_class_severity"][c]["mistake_severity"] for c in CLASSES]
+                    for r in variants["cross-entropy"]])
+    assert [b.get_height() for b in seeds] == pytest.approx(sev.mean(0))
+    # error bars of one standard deviation across the three seeds; none for a single run
+    low_high = np.array([s[:, 1] for s in seeds.errorbar.lines[2][0].get_segments()])
+    assert low_high[:, 1] - low_high[:, 0] == pytest.approx(2 * sev.std(0, ddof=1))
+    assert one.errorbar is None or not one.errorbar.has_yerr
+    counts = np.array([r["mistakes"] for r in variants["cross-entropy"]])
+    assert [b.get_height() for b in bar_groups(ax_n)[0]] == pytest.approx(counts.mean(0))
+    assert bar_groups(ax_n)[0].errorbar.has_yerr
+    # hatched: the classes whose row of costs off the diagonal holds one value, found here
+    # apart from cnnrnn.costs (the hierarchy's single-class groups)
+    expected = {CLASSES[k] for k in range(10) if len(set(np.delete(costs[k], k))) == 1}
+    assert expected == {"Trouser", "Dress", "Bag"}
+    for container in (seeds, one):
+        hatched = {CLASSES[k] for k, bar in enumerate(container) if bar.get_hatch()}
+        assert hatched == expected
+    legend = [t.get_text() for t in ax_sev.get_legend().get_texts()]
+    assert legend[0] == "cross-entropy (mean of 3 seeds, ±1 sd)" and legend[1] == "soft labels"
+    assert "every mistake costs the same" in legend[2]
+    plain = plots.per_class_severity_figure(variants, CLASSES, "severity")  # no costs: no marks
+    assert not any(bar.get_hatch() for c in bar_groups(plain.axes[0]) for bar in c)

@@ -504,10 +504,11 @@ def test_analyze_costs_and_compare(runs, tmp_path):
     assert "the confusion source reads a finished single-label run" in proc.stderr
 
 
-def test_analyze_costs_of_a_cnn_rnn_are_the_cosine_distances_of_u_l(tmp_path, data_dir):
+def test_analyze_costs_of_a_cnn_rnn_are_the_cosine_distances_of_u_l(tmp_path, data_dir, fmnist,
+                                                                     monkeypatch):
     """The cost file HXE, soft labels and the expected cost train on, from a CNN-RNN run: the
     cosine distances of the label rows of U_l (not END's or START's), scaled to a maximum of
-    1, computed here apart from cnnrnn.costs."""
+    1, computed here apart from cnnrnn.costs; and the same run's UMAP maps."""
     from cnnrnn.config import load_config
     from cnnrnn.encoders import prepare
     from cnnrnn.evaluate import load_run
@@ -532,6 +533,33 @@ def test_analyze_costs_of_a_cnn_rnn_are_the_cosine_distances_of_u_l(tmp_path, da
     assert np.allclose(read_costs(tmp_path / "u_l.csv"), expected, atol=2e-6)
     source = json.loads((tmp_path / "u_l.json").read_text())["source"]
     assert source.startswith("cosine distances of the label embeddings")
+
+    # its UMAP maps: titled in mathtext with the paper's names, no two class names overprinted
+    from matplotlib.text import Text
+
+    from cnnrnn import plots
+    from cnnrnn.analysis import embeddings
+
+    drawn = {}
+
+    def keep(points, colour, labels, names, out, title, stars):
+        drawn[Path(out).stem] = plots.embedding_map_figure(points, colour, labels, names, title,
+                                                           stars)
+        return plots.plot_embedding_map(points, colour, labels, names, out, title, stars)
+
+    monkeypatch.setattr(embeddings, "plot_embedding_map", keep)
+    embeddings.analyze_embeddings(run, fmnist, tmp_path / "emb", n=20)
+    assert set(drawn) == {"umap_single_items", "umap_mosaics"}
+    for fig in drawn.values():
+        ax = fig.axes[0]
+        assert r"$U_I^{x}\,I$" in ax.get_title()
+        assert "$U_l$" in ax.get_legend().get_title().get_text()
+        fig.canvas.draw()  # the mathtext parses
+        renderer = fig.canvas.get_renderer()
+        boxes = [Text.get_window_extent(t, renderer) for t in ax.texts
+                 if t.get_text() in CLASSES]
+        assert len(boxes) == 10
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 def test_compare_costs_ranks_the_off_diagonal_pairs_only():
     """b = 2 - a off the diagonal reverses the order of the 45 pairs: rho = -1 exactly. Both
@@ -605,12 +633,36 @@ def test_a_model_without_label_embeddings_is_refused():
     assert check_costs(hierarchy_costs()).max() == 1.0
 
 
-def test_analyze_severity_draws_per_class_bars(runs, tmp_path, data_dir):
-    out = cli("analyze", "severity", runs["plain"], runs["soft"], "--costs", "hierarchy",
+def test_analyze_severity_draws_per_class_bars(runs, tmp_path, data_dir, monkeypatch):
+    """Runs given one --label are one variant's seeds: mean bars with error bars; the bottom
+    panel counts each class's mistakes; the hierarchy's classes whose every mistake costs the
+    same are hatched."""
+    from matplotlib.container import BarContainer
+
+    from cnnrnn import plots
+
+    drawn = []
+    figure = plots.per_class_severity_figure
+    monkeypatch.setattr(plots, "per_class_severity_figure",
+                        lambda *a, **k: drawn.append(figure(*a, **k)) or drawn[-1])
+    out = cli("analyze", "severity", runs["plain"], runs["plain"], runs["ec"], runs["soft"],
+              "--costs", "hierarchy", "--label", "cross-entropy", "--label", "cross-entropy",
               "--label", "cross-entropy", "--label", "soft labels", "--out",
               tmp_path / "sev.png", "--data-dir", data_dir)
-    assert out.startswith("cross-entropy: accuracy ") and "mistake severity" in out
+    lines = out.splitlines()
+    assert lines[0].startswith("cross-entropy (plain): accuracy ") and "mistake severity" in out
+    assert lines[3].startswith("soft labels: accuracy ")
     assert (tmp_path / "sev.png").read_bytes()[:4] == b"\x89PNG"
+    ax_sev, ax_n = drawn[0].axes
+    seeds, soft = [c for c in ax_sev.containers if isinstance(c, BarContainer)]
+    assert seeds.errorbar.has_yerr and soft.errorbar is None
+    assert {CLASSES[k] for k, bar in enumerate(seeds) if bar.get_hatch()} == {
+        "Trouser", "Dress", "Bag"}
+    cm = np.array(json.loads(cli("evaluate", runs["soft"], "--json", "--data-dir", data_dir))[
+        "confusion_matrix"])
+    counts = [bar.get_height() for bar in
+              [c for c in ax_n.containers if isinstance(c, BarContainer)][1]]
+    assert counts == (cm.sum(1) - np.diag(cm)).tolist()
     proc = cnnrnn("analyze", "severity", OLD_BCE, "--costs", "hierarchy", "--data-dir",
                   data_dir)
     assert proc.returncode == 2 and "analyze severity compares single-label runs" in proc.stderr

@@ -24,14 +24,24 @@ from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST
 from cnnrnn.data.loader import sequential_batches
 from cnnrnn.evaluate import load_run
 from cnnrnn.files import atomic_write
+from cnnrnn.models.cnn_rnn import CNNRNN
 from cnnrnn.models.embeddings import class_embeddings, embed_images
-from cnnrnn.plots import plot_dendrogram, plot_distance_heatmaps, plot_embedding_map, run_title
+from cnnrnn.plots import (
+    plot_dendrogram,
+    plot_distance_heatmaps,
+    plot_embedding_map,
+    run_title,
+    text_safe,
+)
 from cnnrnn.run_dir import RunDir
 
 METRICS = ("cosine", "euclidean")
-DESCRIPTIONS = {"single_items": "single-item test mosaics (U_I^x I)",
-                "mosaics": "test mosaics (U_I^x I; colour: the set's most frequent label)",
-                "test_images": "test images (penultimate features)"}
+# What each map shows, in the titles' mathtext (the paper's names: U_I^x I is the image term of
+# eq. 4, U_l the label embeddings); {points} is what the images become in the embedding space
+DESCRIPTIONS = {"single_items": "single-item test mosaics ({points})",
+                "mosaics": "test mosaics ({points}; colour: the set's most frequent label)",
+                "test_images": "test images ({points})"}
+CNN_RNN_POINTS, CNN_RNN_STARS = r"$U_I^{x}\,I$", r"label embeddings, rows of $U_l$"
 
 
 def distance_matrices(vectors: np.ndarray) -> dict[str, np.ndarray]:
@@ -100,7 +110,12 @@ def analyze_embeddings(run: str | Path, fmnist: FashionMNIST, out: str | Path | 
     for metric, matrix in distances.items():
         written += _write_matrix(out, f"distances_{metric}", matrix)
     order, z = cluster_order(distances["cosine"])
-    title = run_title(Path(run).resolve().name, cfg.model)
+    title = text_safe(run_title(Path(run).resolve().name, cfg.model))
+    if isinstance(model, CNNRNN):
+        points_are, stars = CNN_RNN_POINTS, CNN_RNN_STARS
+    else:  # what the linear head reads, and its rows
+        points_are = "encoder features" if hasattr(model, "encode") else "penultimate features"
+        stars = "label embeddings, rows of the last linear layer"
     written.append(plot_distance_heatmaps(distances, CLASSES, order, out / "distances.png",
                                           f"{title}: label-embedding distances"))
     written.append(plot_dendrogram(z, CLASSES, out / "dendrogram.png", title))
@@ -131,9 +146,9 @@ def analyze_embeddings(run: str | Path, fmnist: FashionMNIST, out: str | Path | 
             "labels": {c: np.round(p, 5).tolist() for c, p in zip(
                 CLASSES, xy[-len(CLASSES):], strict=True)}, "seed": seed}, indent=0))
         written.append(out / f"umap_{name}.json")
-        written.append(plot_embedding_map(xy[:-len(CLASSES)], colour, xy[-len(CLASSES):],
-                                          CLASSES, out / f"umap_{name}.png",
-                                          f"{title}: UMAP of {DESCRIPTIONS[name]}"))
+        written.append(plot_embedding_map(
+            xy[:-len(CLASSES)], colour, xy[-len(CLASSES):], CLASSES, out / f"umap_{name}.png",
+            f"{title}: UMAP of {DESCRIPTIONS[name].format(points=points_are)}", stars))
     return {"run": str(run), "out": str(out), "files": [str(p) for p in written],
             "distances": {m: d.tolist() for m, d in distances.items()},
             "cluster_order": [CLASSES[i] for i in order]}

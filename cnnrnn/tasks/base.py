@@ -77,6 +77,13 @@ class Task:
         """What the model is called with in a training step."""
         return (x,)
 
+    def validation_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                        cfg: TrainConfig, device: torch.device,
+                        autocast_ctx: Callable[[], Any] | None = None) -> float | None:
+        """The training loss on validation data, for a task whose `metrics` do not give it
+        ("loss"); None by default (single-label's metrics compute it from the logits)."""
+        return None
+
     def count_correct(self, outputs: Any, y: torch.Tensor) -> int | None:
         """Correct predictions in a training batch, for the running accuracy; None if the task
         has no such count."""

@@ -13,6 +13,7 @@ between the CNN-RNN and binary relevance (criterion, decoding, calibration, opti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -264,6 +265,24 @@ class Multilabel(Task):
 
     def model_inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (x, y)  # the CNN-RNN is teacher-forced on y; BCE ignores it
+
+    @torch.inference_mode()
+    def validation_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                        cfg: TrainConfig, device: torch.device,
+                        autocast_ctx: Callable[[], Any] | None = None) -> float:
+        """The training criterion on the validation mosaics, the model in eval mode and (the
+        CNN-RNN) teacher-forced as in training: one forward pass each, no decoding. Batches
+        are weighted by their size, as the epoch's train_loss is."""
+        model.eval()
+        criterion = self.criterion(cfg).to(device)
+        total = 0.0
+        for i in range(0, len(images), cfg.eval_batch_size):
+            x = to_input(images[i:i + cfg.eval_batch_size]).to(device)
+            y = targets[i:i + cfg.eval_batch_size].to(device)
+            with autocast_ctx() if autocast_ctx is not None else contextlib.nullcontext():
+                loss = criterion(model(*self.model_inputs(x, y)), y)
+            total += float(loss) * len(y)
+        return total / len(images)
 
     def predict(self, model: nn.Module, x: torch.Tensor, cfg: TrainConfig
                 ) -> dict[str, torch.Tensor]:
