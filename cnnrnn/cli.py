@@ -224,11 +224,23 @@ def evaluate(
         "per-sample outputs (eval_*.npz) in the run folder, keyed by the checkpoint's bytes "
         "and the options: evaluate, compare and analyze errors read them back while they "
         "match instead of running the model again")] = True,
+    protocol: Annotated[str | None, typer.Option(
+        help="multilabel runs: cooccurrence, the co-occurrence protocol (docs/metrics.md): "
+        "per class F1 and AP on test mosaics with and without its usual partners under the "
+        "training prior, the gap, and the false-positive rate given its most frequent "
+        "partner; writes RUN/cooccurrence.json (cooccurrence_<prior>.json with --prior)")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Metrics of a trained run on the test (or validation) split."""
     from cnnrnn.plots import check_format
 
+    if protocol is not None:
+        _cooccurrence(run, protocol, prior, checkpoint, device, as_json, data_dir,
+                      {"--split": split if split != "test" else None, "--beam-width": beam_width,
+                       "--tta": tta, "--costs": costs, "--decision": decision,
+                       "--plots": plots or None, "--format": fmt})
+        return
     if fmt is not None and not plots:
         raise CnnrnnError(f"--format {fmt} is the format of the figures; add --plots to write "
                           "them")
@@ -254,6 +266,29 @@ def evaluate(
     from cnnrnn.report import print_evaluation
 
     print_evaluation(result, run, plots, fmt)
+
+
+PROTOCOLS = ("cooccurrence",)
+
+
+def _cooccurrence(run: Path, protocol: str, prior: str | None, checkpoint: str, device: str,
+                  as_json: bool, data_dir: Path | None, other: dict[str, object]) -> None:
+    """evaluate --protocol cooccurrence: the report, printed and written into the run."""
+    if protocol not in PROTOCOLS:
+        raise CnnrnnError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
+    given = [flag for flag, v in other.items() if v is not None]
+    if given:
+        raise CnnrnnError(f"{given[0]} does not apply to --protocol {protocol}, which scores "
+                          "the test mosaics with the run's own decisions (--prior, "
+                          "--checkpoint and --device do apply)")
+    from cnnrnn.analysis.cooccurrence import cooccurrence_report, markdown
+
+    report = cooccurrence_report(run, prior, data_dir, checkpoint, device, say=_note)
+    if as_json:
+        _echo_json(report)
+    else:
+        typer.echo(markdown(report), nl=False)
+    typer.echo(f"wrote {report['file']}", err=True)
 
 
 @app.command()
@@ -623,6 +658,51 @@ def analyze_errors(
         _echo_json(rows)
     else:
         typer.echo(markdown_table(rows), nl=False)
+
+
+@analyze_app.command("priors")
+def analyze_priors(
+    runs: Annotated[list[Path], typer.Argument(help="Multilabel run folders")],
+    priors: Annotated[str, typer.Option(
+        help="Test priors, comma-separated: names under configs/mosaics or .toml files")
+    ] = "outfits,independent,street,inverted",
+    plot: Annotated[Path | None, typer.Option(
+        help="Also draw O-F1 and exact match against the pair overlap with each run's "
+        "training prior, one line per run (.png, .pdf, .svg)")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="A run's name in the table and legend; one per run, in order")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows")] = False,
+    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    data_dir: DataDir = None,
+) -> None:
+    """Each run on each prior's test mosaics: O-F1, exact match, mAP and top-3 O-F1 against
+    the share of label pairs the prior has in common with the run's training prior (pair
+    overlap, docs/metrics.md). Each run keeps its own decisions: nothing is chosen on a test
+    prior."""
+    from cnnrnn.analysis.cooccurrence import (
+        parse_priors,
+        prior_shift,
+        prior_shift_markdown,
+        prior_shift_series,
+    )
+
+    names = parse_priors(priors)
+    labels = _run_labels(label, runs)
+    if plot is not None:
+        from cnnrnn.plots import figure_path
+
+        figure_path(plot)  # a wrong extension fails before the runs are evaluated
+    rows = prior_shift(runs, names, labels, data_dir, checkpoint, say=_note)
+    if as_json:
+        _echo_json(rows)
+    else:
+        typer.echo(prior_shift_markdown(rows), nl=False)
+    if plot is not None:
+        from cnnrnn.plots import plot_prior_shift
+
+        plot_prior_shift(prior_shift_series(rows), plot, "test priors against the training "
+                         "prior's label pairs")
+        typer.echo(f"wrote {plot}", err=True)
 
 
 @analyze_app.command("saliency")

@@ -506,3 +506,38 @@ def plot_saliency(rows: Sequence[Mapping[str, Any]], out: str | Path, title: str
                   cell: int = 28) -> Path:
     """saliency_figure, saved to `out`."""
     return _save(saliency_figure(rows, title, caption, cell), out)
+
+
+def prior_shift_figure(series: Mapping[str, Sequence[Mapping[str, Any]]], title: str = ""
+                       ) -> Figure:
+    """O-F1 (left) and exact match (right) against the pair overlap of each test prior with
+    the training prior (cnnrnn.metrics.cooccurrence.pair_overlap), one line per model.
+
+    series: model name -> points {"prior", "pair_overlap", "O-F1", "exact_match"}, with
+    optional "O-F1_sd" and "exact_match_sd" drawn as error bars (e.g. over seeds)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key in zip(axes, ("O-F1", "exact_match"), strict=True):
+        for name, points in series.items():
+            pts = sorted(points, key=lambda p: p["pair_overlap"])
+            x = [p["pair_overlap"] for p in pts]
+            y = [p[key] for p in pts]
+            err = [p.get(f"{key}_sd") for p in pts]
+            ax.errorbar(x, y, yerr=None if any(e is None or not np.isfinite(e) for e in err)
+                        else err, marker="o", capsize=3, label=name)
+            if name == next(iter(series)):  # each prior named once, at the first model's point
+                for p in pts:
+                    ax.annotate(p["prior"], (p["pair_overlap"], p[key]), fontsize=7,
+                                textcoords="offset points", xytext=(3, -10))
+        ax.set_xlabel("label pairs shared with the training prior (pair overlap)")
+        ax.set_ylabel("exact match" if key == "exact_match" else key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prior_shift(series: Mapping[str, Sequence[Mapping[str, Any]]], out: str | Path,
+                     title: str = "") -> Path:
+    return _save(prior_shift_figure(series, title), out)

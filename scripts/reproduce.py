@@ -158,14 +158,38 @@ def beta_sweep(model: str, quick: bool) -> list[Step]:
                                      f"single_label.beta={beta}"], extra, [])]
 
 
+# the CNN-RNN against today's multi-label heads (issue 20), each on its recipe as shipped
+PEERS = {
+    "cnn-rnn": [],  # the default `cnnrnn train --task multilabel`
+    "bce": ["--model", "bce"],
+    "bce-asl": ["--model", "bce", "--set", "multilabel.loss=asl"],
+    "query": ["--model", "query"],
+    "query-asl": ["--model", "query", "--set", "multilabel.loss=asl"],
+    "bce-count": ["--model", "bce", "--set", "model.count_head=true"],
+}
+assert set(PEERS) == set(tables.PEER_LABELS)
+
+
+def peer_runs(quick: bool) -> list[Step]:
+    """Each peer of the CNN-RNN on its shipped recipe (outfits, a fifth of the training mosaics
+    under independent), 3 seeds; the tables evaluate each under outfits, independent and the
+    held-out street and inverted, which no run trains or chooses anything on."""
+    extra = QUICK_MULTI if quick else []
+    return [Step(f"peers/{name}-s{seed}", ["train", "--task", "multilabel", *flags, "--seed",
+                                          str(seed), *extra], train=True)
+            for name, flags in PEERS.items() for seed in SEEDS]
+
+
 def plan(quick: bool) -> list[Step]:
     """Every step, in the order they are run: the deciding comparison first (the one-direction
     LSTM, then the cnn, both on their full recipes), then the grid's
-    cross-entropy runs (the sweep's reference), the beta sweep and the rest of the grid."""
+    cross-entropy runs (the sweep's reference), the beta sweep, the rest of the grid, and the
+    CNN-RNN's multilabel peers."""
     grid = severity_grid("lstm", quick)
     first = [s for s in grid if "/ce-s" in s.out or s.out.endswith("own.csv")]
     return [*embedding_runs(quick), *severity_study("lstm", quick), *severity_study("cnn", quick),
-            *first, *beta_sweep("lstm", quick), *[s for s in grid if s not in first]]
+            *first, *beta_sweep("lstm", quick), *[s for s in grid if s not in first],
+            *peer_runs(quick)]
 
 
 # --- running -------------------------------------------------------------------------------

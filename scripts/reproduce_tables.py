@@ -114,8 +114,9 @@ def severity_differences(runs: Path, exp: str, costs: str,
                          ) -> dict[tuple[str, str], dict]:
     """Each method x decision against cross-entropy with the argmax, same seeds, same images:
     the paired bootstrap difference of the seed means and its 95 % interval, per metric."""
-    matrix = load_costs(cost_spec(runs, costs))
+    # the runs (and a cost file made by a step) first: a partial reproduction lacks them
     reference = [s for _, s in _group(runs, exp, "ce", costs, "argmax")]
+    matrix = load_costs(cost_spec(runs, costs))
     out = {}
     for method in labels:
         for decision in DECISIONS:
@@ -181,8 +182,8 @@ def severity_verdict(runs: Path, exp: str) -> str:
     text += (f" For reference, CRM on plain cross-entropy (no retraining) gives "
              f"{100 * crm['hdist@3']['diff'] / ref:+.1f} % hdist@3 for "
              f"{_fmt(crm['accuracy']['diff'], True, True)} points of top-1. "
-             f"({MODEL_NAMES[exp.split('-', 1)[1]]}, {len(SEEDS)} seeds a side, CNN-RNN U_l from `outfits` "
-             "mosaics; intervals: paired bootstrap over the test images.)")
+             f"({MODEL_NAMES[exp.split('-', 1)[1]]}, {len(SEEDS)} seeds a side, CNN-RNN U_l "
+             "from `outfits` mosaics; intervals: paired bootstrap over the test images.)")
     return text + "\n"
 
 
@@ -300,6 +301,138 @@ def sweep(runs: Path, quick: bool) -> str:
     return "\n".join(lines) + f"\n\n![soft labels' trade-off by beta]({where})\n"
 
 
+# --- the CNN-RNN against today's multi-label heads (issue 20) ---------------------------------
+
+PEER_LABELS = {
+    "cnn-rnn": "CNN-RNN (default recipe)",
+    "bce": "BCE",
+    "bce-asl": "BCE + ASL",
+    "query": "query head",
+    "query-asl": "query head + ASL",
+    "bce-count": "BCE + count head",
+}
+PEER_PRIORS = ("outfits", "independent", "street", "inverted")
+PEER_KEYS = (("O-F1", "O-F1"), ("C-F1", "C-F1"), ("exact_match", "exact match"),
+             ("mAP", "mAP"), ("hamming_loss", "Hamming loss"), ("top3_O-F1", "top-3 O-F1"))
+PAIRED_KEYS = ("O-F1", "C-F1", "exact_match", "mAP", "hamming_loss")  # cnnrnn.stats.METRICS
+
+
+@functools.cache
+def _ml_evaluated(run: Path, prior: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from cnnrnn.evaluate import evaluate_samples
+
+    return evaluate_samples(_finished(run), "test", options={"prior": prior})
+
+
+def _peers(runs: Path, name: str, prior: str
+           ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """The seeds of one peer, evaluated on `prior`'s test mosaics with their own decisions."""
+    return [_ml_evaluated(runs / f"peers/{name}-s{s}", prior) for s in SEEDS]
+
+
+def peers_summary(runs: Path, prior: str) -> str:
+    """Each peer under `prior`: mean ± sd [95 % CI] over the seeds."""
+    head = " | ".join(label for _, label in PEER_KEYS)
+    lines = [f"| model | seeds | {head} |", "|---|---:|" + "---:|" * len(PEER_KEYS)]
+    for name, label in PEER_LABELS.items():
+        group = _peers(runs, name, prior)
+        cells = " | ".join(_cell([r[k] for r, _ in group], False) for k, _ in PEER_KEYS)
+        lines.append(f"| {label} | {len(group)} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def peers_comparison(runs: Path, prior: str) -> str:
+    """The CNN-RNN minus each peer, same seeds, same test mosaics: the paired bootstrap
+    difference of the seed means, its 95 % interval and the verdict."""
+    reference = [s for _, s in _peers(runs, "cnn-rnn", prior)]
+    lines = ["| CNN-RNN minus | " + " | ".join(label for k, label in PEER_KEYS
+                                                if k in PAIRED_KEYS) + " |",
+             "|---|" + "---:|" * len(PAIRED_KEYS)]
+    for name, label in PEER_LABELS.items():
+        if name == "cnn-rnn":
+            continue
+        d = stats.paired_bootstrap(reference, [s for _, s in _peers(runs, name, prior)],
+                                   PAIRED_KEYS, resamples=RESAMPLES)
+        cells = []
+        for k in PAIRED_KEYS:
+            x = d[k]
+            verdict = stats.verdict(x["ci"], stats.METRICS[k].higher_is_better, "CNN-RNN",
+                                    label)
+            cells.append(f"{_fmt(x['diff'], False, True)} [{_fmt(x['ci'][0], False, True)}, "
+                         f"{_fmt(x['ci'][1], False, True)}] {verdict}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+COOC_KEYS = (("exclusive_f1", "F1 exclusive"), ("co-occur_f1", "F1 co-occur"),
+             ("gap_f1", "F1 gap"), ("exclusive_ap", "AP exclusive"),
+             ("co-occur_ap", "AP co-occur"), ("gap_ap", "AP gap"),
+             ("conditional_fp_rate", "FP rate given partner"), ("base_fp_rate", "FP rate"))
+
+
+def peers_cooccurrence(runs: Path, prior: str) -> str:
+    """The co-occurrence protocol's class means per peer under `prior` (each seed's report is
+    written into its run folder): mean ± sd [95 % CI] over the seeds."""
+    from cnnrnn.analysis.cooccurrence import cooccurrence_report
+
+    head = " | ".join(label for _, label in COOC_KEYS)
+    lines = [f"| model | seeds | {head} |", "|---|---:|" + "---:|" * len(COOC_KEYS)]
+    for name, label in PEER_LABELS.items():
+        reports = [cooccurrence_report(_finished(runs / f"peers/{name}-s{s}"), prior)
+                   for s in SEEDS]
+        cells = " | ".join(_cell([r["summary"][k] for r in reports], False)
+                           for k, _ in COOC_KEYS)
+        lines.append(f"| {label} | {len(reports)} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def peers_priors(runs: Path, quick: bool) -> str:
+    """O-F1 and exact match under each test prior against its pair overlap with the training
+    prior (a figure, one line per model), and each model's O-F1 change from its `outfits`
+    score, per seed (the same run on both priors)."""
+    from cnnrnn.analysis.cooccurrence import multilabel_config
+    from cnnrnn.data.priors import load_prior
+    from cnnrnn.metrics.cooccurrence import pair_overlap
+    from cnnrnn.plots import plot_prior_shift
+    from cnnrnn.tasks.multilabel import training_prior
+
+    series: dict[str, list[dict[str, Any]]] = {}
+    lines = ["| model | " + " | ".join(f"O-F1 change, {p}" for p in PEER_PRIORS[1:]) + " |",
+             "|---|" + "---:|" * (len(PEER_PRIORS) - 1)]
+    for name, label in PEER_LABELS.items():
+        train = training_prior(multilabel_config(_finished(runs / f"peers/{name}-s0")))
+        points, own = [], [r["O-F1"] for r, _ in _peers(runs, name, PEER_PRIORS[0])]
+        cells = []
+        for prior in PEER_PRIORS:
+            group = [r for r, _ in _peers(runs, name, prior)]
+            points.append({"prior": prior, "pair_overlap": pair_overlap(
+                train.pair_frequencies(), load_prior(prior).pair_frequencies()),
+                **{k: float(np.mean([r[k] for r in group])) for k in ("O-F1", "exact_match")},
+                **{f"{k}_sd": float(np.std([r[k] for r in group], ddof=1))
+                   for k in ("O-F1", "exact_match")}})
+            if prior != PEER_PRIORS[0]:
+                cells.append(_signed_cell([r["O-F1"] - o for r, o in zip(group, own,
+                                                                          strict=True)]))
+        series[label] = points
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    overlaps = ", ".join(f"`{p['prior']}` {p['pair_overlap']:.2f}"
+                         for p in next(iter(series.values())))
+    figures = runs / "figures" if quick else Path(__file__).resolve().parent.parent / \
+        "docs" / "figures"
+    plot_prior_shift(series, figures / "peers_priors.png",
+                     f"{'tiny QUICK runs: ' if quick else ''}test priors against the label "
+                     "pairs they share with training (mean ± sd of 3 seeds)")
+    return ("\n".join(lines) + f"\n\nPair overlap with the training prior: {overlaps}.\n\n"
+            "![O-F1 and exact match against the label pairs a test prior shares with "
+            "training](figures/peers_priors.png)\n")
+
+
+def _signed_cell(values: list[float]) -> str:
+    s = stats.summary(values)
+    return (f"{_fmt(s['mean'], False, True)} ± {_fmt(s['sd'], False)} "
+            f"[{_fmt(s['ci'][0], False, True)}, {_fmt(s['ci'][1], False, True)}]")
+
+
 def _block(fn: Callable[..., str], *args: str) -> Callable[[Path, bool], str]:
     return lambda runs, quick: fn(runs, *args)
 
@@ -323,4 +456,8 @@ GENERATORS: dict[str, Callable[[Path, bool], str]] = {
     "grid-lstm-diff-hierarchy": lambda runs, quick: severity_comparison(
         runs, "grid-lstm", "hierarchy", GRID_LABELS),
     "sweep-lstm": sweep,
+    **{f"peers-{prior}": _block(peers_summary, prior) for prior in PEER_PRIORS},
+    "peers-diff-outfits": _block(peers_comparison, "outfits"),
+    "peers-cooccurrence": _block(peers_cooccurrence, "outfits"),
+    "peers-priors": peers_priors,
 }

@@ -203,7 +203,8 @@ def test_prior_names_resolve_from_any_working_directory(tmp_path, monkeypatch):
 
 
 def test_unknown_prior_lists_the_known_ones():
-    with pytest.raises(CnnrnnError, match=r"unknown prior 'outfit'.*independent, outfits"):
+    known = r"independent, inverted, outfits, street"  # the shipped priors, held-out ones too
+    with pytest.raises(CnnrnnError, match=rf"unknown prior 'outfit'.*{known}"):
         load_prior("outfit")
     with pytest.raises(ConfigError, match=r"prior file .*nope\.toml not found"):
         load_prior("nope.toml")

@@ -75,3 +75,19 @@ def test_a_run_is_finished_when_it_holds_every_epoch(tmp_path):
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n"
                                        + json.dumps({"epoch": 2}) + "\n")
     assert reproduce_tables.run_finished(run)
+
+
+def test_plan_trains_each_peer_on_its_shipped_recipe_under_every_seed():
+    steps = [s for s in reproduce.plan(False) if s.out.startswith("peers/")]
+    assert [s.out for s in steps] == [f"peers/{name}-s{seed}" for name in reproduce.PEERS
+                                      for seed in reproduce.SEEDS]
+    assert set(reproduce.PEERS) == {"cnn-rnn", "bce", "bce-asl", "query", "query-asl",
+                                    "bce-count"}
+    by_name = {s.out.split("/")[1]: " ".join(s.args) for s in steps}
+    assert by_name["cnn-rnn-s0"] == "train --task multilabel --seed 0"  # the default recipe
+    assert "--model query --set multilabel.loss=asl" in by_name["query-asl-s2"]
+    assert "--model bce --set model.count_head=true" in by_name["bce-count-s1"]
+    # no peer names a prior: each trains on its recipe's, the held-out ones stay unseen
+    assert not any("--prior" in s.args or "prior" in " ".join(s.args) for s in steps)
+    quick = [s for s in reproduce.plan(True) if s.out.startswith("peers/")]
+    assert all(s.args[-len(reproduce.QUICK_MULTI):] == reproduce.QUICK_MULTI for s in quick)

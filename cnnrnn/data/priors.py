@@ -105,6 +105,26 @@ class Prior:
         present = (p_m[None, :, None] * (1.0 - absent)).sum(1)  # (T, K)
         return w @ present  # (K,)
 
+    def pair_frequencies(self) -> torch.Tensor:
+        """P(labels i and j both present in a mosaic), exact: (NUM_CLASSES, NUM_CLASSES)
+        float64, symmetric, its diagonal `label_frequencies()`.
+
+        With m i.i.d. items given the theme, P(i and j) = 1 - P(no i) - P(no j) + P(neither)
+        = 1 - (1 - p_ti)^m - (1 - p_tj)^m + (1 - p_ti - p_tj)^m for i != j, summed over themes
+        and item counts as `label_frequencies`.
+        """
+        w = torch.tensor(self.theme_weights, dtype=torch.float64)  # (T,)
+        p = torch.tensor(self.class_probs, dtype=torch.float64)  # (T, K)
+        p_m = torch.tensor(self.item_counts, dtype=torch.float64)  # (M,)
+        m = torch.arange(1, self.max_items + 1, dtype=torch.float64)[None, :, None, None]
+        no_i = (1.0 - p)[:, None, :, None] ** m  # (T, M, K, 1)
+        no_j = (1.0 - p)[:, None, None, :] ** m  # (T, M, 1, K)
+        neither = (1.0 - p[:, :, None] - p[:, None, :]).clamp(min=0.0)[:, None] ** m
+        both = 1.0 - no_i - no_j + neither  # (T, M, K, K)
+        joint = torch.einsum("t,m,tmij->ij", w, p_m, both)  # (K, K)
+        joint.diagonal().copy_(self.label_frequencies())  # i = j: P(i present)
+        return joint.clamp(min=0.0)  # rounding of a pair that never meets: -1e-17 -> 0
+
 
 def mix_priors(a: Prior, b: Prior, share_b: float) -> Prior:
     """The prior that draws a mosaic's labels under `b` with probability `share_b`, else under

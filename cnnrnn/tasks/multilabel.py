@@ -29,7 +29,7 @@ from cnnrnn.costs import load_costs
 from cnnrnn.data.fashion_mnist import CLASSES, FashionMNIST
 from cnnrnn.data.loader import mix_seed, to_input
 from cnnrnn.data.mosaics import MosaicGenerator, make_split_mosaics, split_pool
-from cnnrnn.data.priors import load_prior, mix_priors
+from cnnrnn.data.priors import Prior, load_prior, mix_priors
 from cnnrnn.errors import CheckpointError, CnnrnnError
 from cnnrnn.losses import SequenceNLL, label_loss
 from cnnrnn.metrics.multilabel import multilabel_metrics
@@ -217,6 +217,16 @@ FAMILIES: dict[str, Family] = {
 FAMILIES["query"] = FAMILIES["bce"]  # label queries, trained and decided as binary relevance
 
 
+def training_prior(cfg: TrainConfig) -> Prior:
+    """The label prior of a run's training mosaics: `multilabel.prior`, with a share
+    `multilabel.mix_independent` of its mosaics drawn under `independent`."""
+    prior = load_prior(cfg.multilabel.prior)
+    if not cfg.multilabel.mix_independent:
+        return prior
+    # under `independent` itself this is `independent`
+    return mix_priors(prior, load_prior("independent"), cfg.multilabel.mix_independent)
+
+
 class Multilabel(Task):
     name = "multilabel"
     primary = "O-F1"
@@ -235,9 +245,7 @@ class Multilabel(Task):
     def prepare(self, cfg: TrainConfig, data: FashionMNIST) -> TaskData:
         ml = cfg.multilabel
         prior = load_prior(ml.prior)
-        train_prior = prior
-        if ml.mix_independent:  # under `independent` itself this is `independent`
-            train_prior = mix_priors(prior, load_prior("independent"), ml.mix_independent)
+        train_prior = training_prior(cfg)
         images, labels, _ = split_pool(data, "train", cfg.val_size)
         n_train = cfg.limit_train or ml.train_mosaics
         train = MosaicBatches(MosaicGenerator(images, labels, train_prior), n_train,
@@ -250,6 +258,17 @@ class Multilabel(Task):
         return TaskData(train, val[0], val[1], test[0], test[1],
                         info={"label_frequencies": freq.tolist(),
                               "label_priority": label_priority(cfg, freq)})
+
+    def with_options(self, cfg: TrainConfig, options: dict[str, Any]) -> TrainConfig:
+        """As `Task.with_options`; test mosaics under another `prior` are drawn under that
+        prior alone. The run's share of `independent` training mosaics (mix_independent)
+        shapes training batches only, never validation or test mosaics, and a prior that
+        draws other item counts (inverted) could not mix with `independent` at all."""
+        out = super().with_options(cfg, options)
+        if options.get("prior") is None or not out.multilabel.mix_independent:
+            return out
+        return dataclasses.replace(out, multilabel=dataclasses.replace(
+            out.multilabel, mix_independent=0.0)).validate()
 
     def build(self, cfg: TrainConfig, data: TaskData | None) -> nn.Module:
         family = FAMILIES[cfg.model]
