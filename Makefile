@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_EPOCHS ?= 2
 
-.PHONY: setup demo test lint bench reproduce clean
+.PHONY: setup demo test test-fast lint bench reproduce clean
 
 $(BIN)/cnnrnn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# the inner loop: the tests not marked slow (the slow marks are still being completed)
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every run behind docs/results.md and README.md, then their generated tables (resumable).
 # QUICK=1: the same steps at tiny sizes into runs/reproduce-quick/ (minutes; CI runs it).
