@@ -116,10 +116,12 @@ def train(
     )] = None,
     loss: Annotated[str | None, typer.Option(
         help="single-label: cross-entropy, soft-labels, expected-cost or hxe (these three "
-        "need --costs; hxe's tree is the hierarchy or the clustering of the cost file); "
+        "need --costs; hxe's tree is the hierarchy, a hierarchy file's tree or the clustering "
+        "of a cost matrix); "
         "multilabel bce and query: bce or asl")] = None,
     costs: Annotated[str | None, typer.Option(
-        help="A class-cost matrix, 'hierarchy' or a CSV/JSON file (`cnnrnn analyze costs`): "
+        help="A class-cost matrix, 'hierarchy', a CSV/JSON file (`cnnrnn analyze costs`) or "
+        "your own hierarchy file (JSON/TOML groups, parent,child CSV): "
         "for the severity-aware losses, the CRM decision and the severity metrics")] = None,
     finetune_encoder: Annotated[bool | None, typer.Option(
         "--finetune-encoder/--freeze-encoder",
@@ -205,8 +207,8 @@ def evaluate(
         "--tta/--no-tta", help="single-label runs: also read the mirrored image (default: "
         "the run's tta_flip)")] = None,
     costs: Annotated[str | None, typer.Option(
-        help="A class-cost matrix (CSV/JSON file, or 'hierarchy'): adds mistake severity and "
-        "hdist@1/3/5 (single-label) or the set severity (multilabel)")] = None,
+        help="A class-cost matrix (CSV/JSON file, a hierarchy file, or 'hierarchy'): adds "
+        "mistake severity and hdist@1/3/5 (single-label) or the set severity (multilabel)")] = None,
     prior: Annotated[str | None, typer.Option(
         help="multilabel runs: draw the validation/test mosaics under this label prior "
         "instead of the run's (e.g. independent for a run trained under outfits)")] = None,
@@ -769,12 +771,15 @@ def analyze_costs(
     out: Annotated[Path, typer.Option(help="Cost file to write (.csv; a .json beside it)")
                    ] = Path("costs.csv"),
     metric: Annotated[str, typer.Option(help="embeddings: cosine or euclidean")] = "cosine",
+    hierarchy: Annotated[Path | None, typer.Option(
+        help="hierarchy: your own hierarchy file instead of the clothing hierarchy (JSON or "
+        "TOML nested groups, or a CSV of parent,child rows; any --costs takes it too)")] = None,
 ) -> None:
     """Make a (10, 10) class-cost matrix: zero diagonal, symmetric, maximum 1."""
     from cnnrnn.analysis.costs import costs_from
     from cnnrnn.costs import write_costs
 
-    matrix, where = costs_from(source, run, metric)
+    matrix, where = costs_from(source, run, metric, hierarchy)
     for path in write_costs(out, matrix, where):
         typer.echo(f"wrote {path}")
 

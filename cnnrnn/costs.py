@@ -22,6 +22,7 @@ import numpy as np
 from cnnrnn.data.fashion_mnist import CLASSES
 from cnnrnn.errors import CnnrnnError
 from cnnrnn.files import atomic_write
+from cnnrnn.hierarchy import from_groups, is_hierarchy_file, read_hierarchy
 
 K = len(CLASSES)
 
@@ -100,10 +101,14 @@ def _scaled_distances(d: np.ndarray) -> np.ndarray:
 def hierarchy_costs() -> np.ndarray:
     """Height of the lowest common ancestor in HIERARCHY, scaled: 0.5 inside a group, 1
     across groups."""
-    group = {name: g for g, names in HIERARCHY.items() for name in names}
-    d = np.array([[0.0 if a == b else 1.0 if group[a] == group[b] else 2.0 for b in CLASSES]
-                  for a in CLASSES])
-    return check_costs(d, "the clothing hierarchy")
+    tree = from_groups({g: list(names) for g, names in HIERARCHY.items()}, CLASSES)
+    return check_costs(tree.costs(), "the clothing hierarchy")
+
+
+def hierarchy_file_costs(path: str | Path) -> np.ndarray:
+    """The cost matrix of your own hierarchy file (cnnrnn.hierarchy): the height of each
+    pair's lowest common ancestor, scaled to a maximum of 1."""
+    return check_costs(read_hierarchy(path, CLASSES).costs(), f"the hierarchy in {path}")
 
 
 def embedding_costs(vectors: np.ndarray, metric: str = "cosine") -> np.ndarray:
@@ -147,7 +152,8 @@ BUILT_IN = {"hierarchy": hierarchy_costs}
 
 
 def load_costs(spec: str | Path) -> np.ndarray:
-    """A cost matrix by name (`hierarchy`) or from a file (see read_costs)."""
+    """A cost matrix by name (`hierarchy`), from a hierarchy file (JSON or TOML groups, or a
+    parent,child CSV: cnnrnn.hierarchy) or from a cost-matrix file (see read_costs)."""
     if str(spec) in BUILT_IN:
         return BUILT_IN[str(spec)]()
     if not Path(spec).is_file():
@@ -156,6 +162,8 @@ def load_costs(spec: str | Path) -> np.ndarray:
             raise CnnrnnError(f"unknown costs {str(spec)!r}: no such file, and not a built-in "
                               f"name; did you mean {close[0]}? (built in: "
                               f"{', '.join(BUILT_IN)}; or a file from `cnnrnn analyze costs`)")
+    if is_hierarchy_file(spec):
+        return hierarchy_file_costs(spec)
     return read_costs(spec)
 
 

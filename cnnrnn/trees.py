@@ -8,6 +8,8 @@ and the last node is the root. Two sources:
   root. Under HXE's depth weighting a one-child node changes nothing (its conditional
   probability is 1 and the edge above it has the same weight the class's own edge would
   have), and collapsing gives the tree the clustering of the hierarchy's cost matrix gives.
+- your own hierarchy file (JSON or TOML groups, a parent,child CSV: cnnrnn.hierarchy): its
+  own tree, groups of one class collapsed as above.
 - any cost matrix (a CSV/JSON file, say the cosine distances of a CNN-RNN's rows of U_l):
   agglomerative clustering, `scipy.cluster.hierarchy.linkage` with method 'average' on the
   condensed costs. Linkage merges two clusters at a time; a merge at the same height as the
@@ -25,6 +27,7 @@ import numpy as np
 from cnnrnn.costs import HIERARCHY, K, check_costs, load_costs
 from cnnrnn.data.fashion_mnist import CLASSES
 from cnnrnn.errors import CnnrnnError
+from cnnrnn.hierarchy import is_hierarchy_file, read_hierarchy
 
 HEIGHT_TOL = 1e-9  # merges closer in height than this are one node
 
@@ -110,10 +113,18 @@ def tree_from_costs(costs: np.ndarray) -> ClassTree:
     return _build(kept)
 
 
+def tree_from_file(path: str) -> ClassTree:
+    """The tree of your own hierarchy file (cnnrnn.hierarchy); a group of one class is
+    collapsed, as in hierarchy_tree."""
+    return _build([g for g in read_hierarchy(path, CLASSES).groups() if len(g) > 1])
+
+
 @functools.lru_cache(maxsize=8)
 def class_tree(spec: str) -> ClassTree:
-    """The tree for the cost spec of `single_label.costs`: `hierarchy`, or the clustering of
-    the matrix that file holds."""
+    """The tree for the cost spec of `single_label.costs`: `hierarchy`, a hierarchy file's
+    own tree, or the clustering of the matrix a cost file holds."""
     if spec == "hierarchy":
         return hierarchy_tree()
+    if is_hierarchy_file(spec):
+        return tree_from_file(spec)
     return tree_from_costs(load_costs(spec))

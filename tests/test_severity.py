@@ -469,6 +469,24 @@ def test_severity_aware_training_and_evaluation(runs, data_dir, tmp_path):
     assert proc.returncode == 2 and "--decision applies to single-label runs" in proc.stderr
 
 
+def test_evaluate_takes_your_own_hierarchy_file(runs, data_dir, tmp_path):
+    """A hierarchy file (cnnrnn.hierarchy) scores a run as the matrix it makes does."""
+    deep = {"upper": {"tops": ["T-shirt/top", "Pullover", "Shirt"], "outer": ["Coat"]},
+            "lower": ["Trouser", "Dress"],
+            "rest": ["Bag", {"shoes": ["Sandal", "Sneaker", "Ankle boot"]}]}
+    (tmp_path / "deep.json").write_text(json.dumps(deep))
+    cli("analyze", "costs", "hierarchy", "--hierarchy", tmp_path / "deep.json", "--out",
+        tmp_path / "deep-costs.csv")
+    by_file, by_matrix = (json.loads(cli("evaluate", runs["plain"], "--json", "--costs", spec,
+                                         "--decision", "crm", "--data-dir", data_dir))
+                          for spec in (tmp_path / "deep.json", tmp_path / "deep-costs.csv"))
+    for key in ("accuracy", "mistake_severity", "hdist@1", "hdist@3"):
+        assert by_file[key] == pytest.approx(by_matrix[key], abs=1e-6), key
+    under_built_in = json.loads(cli("evaluate", runs["plain"], "--json", "--costs", "hierarchy",
+                                    "--decision", "crm", "--data-dir", data_dir))
+    assert by_file["hdist@3"] != pytest.approx(under_built_in["hdist@3"], abs=1e-4)
+
+
 def test_hxe_trains_through_the_cli(tmp_path, data_dir):
     from cnnrnn.config import read_toml
 

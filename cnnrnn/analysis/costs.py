@@ -37,11 +37,18 @@ LOOK_ALIKE = (("Shirt", "T-shirt/top"), ("Shirt", "Pullover"), ("Coat", "Shirt")
               ("Pullover", "Coat"), ("Sneaker", "Sandal"), ("Sneaker", "Ankle boot"))
 
 
-def costs_from(source: str, run: str | Path | None = None, metric: str = "cosine"
-               ) -> tuple[np.ndarray, str]:
-    """A cost matrix and a one-line description of where it came from."""
+def costs_from(source: str, run: str | Path | None = None, metric: str = "cosine",
+               hierarchy: str | Path | None = None) -> tuple[np.ndarray, str]:
+    """A cost matrix and a one-line description of where it came from; `hierarchy`: your own
+    hierarchy file (cnnrnn.hierarchy) in place of the clothing hierarchy."""
     if source not in SOURCES:
         raise CnnrnnError(f"unknown cost source {source!r}; choose one of {', '.join(SOURCES)}")
+    if hierarchy is not None and source != "hierarchy":
+        raise CnnrnnError(f"--hierarchy goes with the source hierarchy, not {source!r}: cnnrnn "
+                          "analyze costs hierarchy --hierarchy FILE --out COSTS.csv")
+    if hierarchy is not None:
+        return cost_lib.hierarchy_file_costs(hierarchy), f"the hierarchy in {hierarchy} " \
+            "(height of the lowest common ancestor)"
     if source == "hierarchy":
         return cost_lib.hierarchy_costs(), "the clothing hierarchy (height of the lowest " \
             "common ancestor)"
