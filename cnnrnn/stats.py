@@ -29,6 +29,7 @@ import numpy as np
 from scipy import stats as sps
 
 from cnnrnn.errors import CnnrnnError
+from cnnrnn.metrics.multilabel import top_k_labels
 from cnnrnn.metrics.severity import set_severity
 
 Samples = dict[str, np.ndarray]  # y_true, y_pred, scores (cnnrnn.evaluate.evaluate_samples)
@@ -98,6 +99,12 @@ def _o_f1(s: Samples, costs: np.ndarray | None) -> np.ndarray:
 def _combine_o_f1(sums: np.ndarray, n: np.ndarray) -> np.ndarray:
     tp, fp, fn = sums.T  # 2 O-P O-R / (O-P + O-R) = 2 TP / (2 TP + FP + FN), 0 when 0/0
     return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def _top3_o_f1(s: Samples, costs: np.ndarray | None) -> np.ndarray:
+    """O-F1's counts under the paper's top-3 protocol: the three top-scored labels of each
+    item stand for its predicted set (cnnrnn.metrics.multilabel.top_k_labels)."""
+    return _o_f1({**s, "y_pred": top_k_labels(s["scores"], 3)}, costs)
 
 
 def _c_f1(s: Samples, costs: np.ndarray | None) -> np.ndarray:
@@ -212,6 +219,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
                                        lambda x, n: _ratio(x[:, 0], n)), _exact),
     _metric("O-F1", True, _sums(_o_f1, _combine_o_f1)),
     _metric("C-F1", True, _sums(_c_f1, _combine_c_f1)),
+    _metric("top3_O-F1", True, _sums(_top3_o_f1, _combine_o_f1)),
     _metric("mAP", True, (_ap_prepare, _ap_resampled)),
     _metric("hamming_loss", False, _sums(
         lambda s, c: (s["y_true"] != s["y_pred"]).mean(1, keepdims=True),
@@ -223,7 +231,7 @@ COST_METRICS = ("mistake_severity", "hdist@1", "hdist@3", "hdist@5", "swap_cost"
 TASK_METRICS = {"single-label": ("accuracy", "mistake_severity", "hdist@1", "hdist@3",
                                  "hdist@5", "ece"),
                 "multilabel": ("exact_match", "O-F1", "C-F1", "mAP", "hamming_loss",
-                               "swap_cost")}
+                               "top3_O-F1", "swap_cost")}
 
 
 def task_metrics(task: str, with_costs: bool) -> tuple[str, ...]:

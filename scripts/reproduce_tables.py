@@ -314,7 +314,8 @@ PEER_LABELS = {
 PEER_PRIORS = ("outfits", "independent", "street", "inverted")
 PEER_KEYS = (("O-F1", "O-F1"), ("C-F1", "C-F1"), ("exact_match", "exact match"),
              ("mAP", "mAP"), ("hamming_loss", "Hamming loss"), ("top3_O-F1", "top-3 O-F1"))
-PAIRED_KEYS = ("O-F1", "C-F1", "exact_match", "mAP", "hamming_loss")  # cnnrnn.stats.METRICS
+PAIRED_KEYS = ("O-F1", "C-F1", "exact_match", "mAP", "hamming_loss",
+               "top3_O-F1")  # cnnrnn.stats.METRICS
 
 
 @functools.cache
@@ -427,6 +428,70 @@ def peers_priors(runs: Path, quick: bool) -> str:
             "training](figures/peers_priors.png)\n")
 
 
+HELD_OUT = ("street", "inverted")  # the priors no run trains or chooses anything on
+TARGET_HELD_OUT_GAP = 0.01  # the CNN-RNN's O-F1 at most this far under the best peer's
+TARGET_HELD_OUT_DROP = 0.03  # and at most this far under its own `outfits` O-F1
+
+
+def _diff(d: dict[str, Any]) -> str:
+    return (f"{_fmt(d['diff'], False, True)} [{_fmt(d['ci'][0], False, True)}, "
+            f"{_fmt(d['ci'][1], False, True)}]")
+
+
+def peers_verdict(runs: Path) -> str:
+    """The three targets of the peers experiment, each met or not, and who wins where: the
+    default CNN-RNN beats every peer on exact match and O-F1 under `outfits` (paired bootstrap
+    interval above zero); under each held-out prior its O-F1 is within 0.01 of the best
+    peer's; there it loses at most 0.03 O-F1 against its `outfits` score, and no more than
+    the best peer loses."""
+    peers = [n for n in PEER_LABELS if n != "cnn-rnn"]
+    ref = {p: _peers(runs, "cnn-rnn", p) for p in ("outfits", *HELD_OUT)}
+    beaten, not_beaten = [], []
+    for name in peers:
+        d = stats.paired_bootstrap([s for _, s in ref["outfits"]],
+                                   [s for _, s in _peers(runs, name, "outfits")],
+                                   ("exact_match", "O-F1"), resamples=RESAMPLES)
+        for k, label in (("exact_match", "exact match"), ("O-F1", "O-F1")):
+            verdict = stats.verdict(d[k]["ci"], True, "CNN-RNN", PEER_LABELS[name])
+            (beaten if d[k]["ci"][0] > 0 else not_beaten).append(
+                (d[k]["ci"][0], f"{PEER_LABELS[name]} on {label} {_diff(d[k])} ({verdict})"))
+    lines = [f"**Target 1**, the CNN-RNN beats every peer on exact match and O-F1 under "
+             f"`outfits` (CNN-RNN minus peer, 95 % paired bootstrap interval above zero): "
+             f"{'met' if not not_beaten else 'not met'}. "
+             + (f"Not beaten: {'; '.join(text for _, text in not_beaten)}." if not_beaten
+                else f"The closest: {min(beaten)[1]}.")]
+    own = np.array([r["O-F1"] for r, _ in ref["outfits"]])
+    gaps, drops = [], []
+    for prior in HELD_OUT:
+        means = {n: float(np.mean([r["O-F1"] for r, _ in _peers(runs, n, prior)]))
+                 for n in peers}
+        best = max(means, key=means.get)
+        d = stats.paired_bootstrap([s for _, s in ref[prior]],
+                                   [s for _, s in _peers(runs, best, prior)], ("O-F1",),
+                                   resamples=RESAMPLES)["O-F1"]
+        gaps.append((d["diff"] >= -TARGET_HELD_OUT_GAP,
+                     f"`{prior}`: CNN-RNN minus the best peer there, {PEER_LABELS[best]}, "
+                     f"{_diff(d)}"))
+        drop = np.array([r["O-F1"] for r, _ in ref[prior]]) - own
+        best_own = np.array([r["O-F1"] for r, _ in _peers(runs, best, "outfits")])
+        best_drop = np.array([r["O-F1"] for r, _ in _peers(runs, best, prior)]) - best_own
+        drops.append((drop.mean() >= -TARGET_HELD_OUT_DROP and drop.mean() >= best_drop.mean(),
+                       f"`{prior}`: the CNN-RNN {_fmt(drop.mean(), False, True)}, "
+                       f"{PEER_LABELS[best]} {_fmt(best_drop.mean(), False, True)}"))
+    lines.append(f"**Target 2**, under each held-out prior the CNN-RNN's O-F1 within "
+                 f"{TARGET_HELD_OUT_GAP} of the best peer's (difference of the seed means, "
+                 f"its interval beside it): {'met' if all(ok for ok, _ in gaps) else 'not met'}"
+                 f". {'; '.join(text for _, text in gaps)}.")
+    lines.append(f"**Target 3**, under each held-out prior the CNN-RNN loses at most "
+                 f"{TARGET_HELD_OUT_DROP} O-F1 against its `outfits` score and no more than "
+                 f"the best peer there loses (mean change over the seeds): "
+                 f"{'met' if all(ok for ok, _ in drops) else 'not met'}. "
+                 f"{'; '.join(text for _, text in drops)}.")
+    lines.append(f"({len(SEEDS)} seeds a model, each on its shipped recipe; tables: "
+                 "docs/results.md.)")
+    return "\n\n".join(lines) + "\n"
+
+
 def _signed_cell(values: list[float]) -> str:
     s = stats.summary(values)
     return (f"{_fmt(s['mean'], False, True)} ± {_fmt(s['sd'], False)} "
@@ -460,4 +525,5 @@ GENERATORS: dict[str, Callable[[Path, bool], str]] = {
     "peers-diff-outfits": _block(peers_comparison, "outfits"),
     "peers-cooccurrence": _block(peers_cooccurrence, "outfits"),
     "peers-priors": peers_priors,
+    "peers-verdict": _block(peers_verdict),
 }
