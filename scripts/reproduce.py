@@ -46,6 +46,7 @@ class Step:
     args: list[str]
     train: bool = False
     after: list[str] = field(default_factory=list)
+    tuned: tuple[str, bool] | None = None  # (model, quick): add its tuned settings' flags
 
 
 # --- the experiments -----------------------------------------------------------------------
@@ -170,32 +171,61 @@ PEERS = {
 assert set(PEERS) == set(tables.PEER_LABELS)
 
 
+# each model's own tuning effort (issue 20): the grid and the choice live in reproduce_tables
+TUNE_EPOCHS = tables.TUNE_EPOCHS
+tuning_grid = tables.tuning_grid
+
+
+def tuning_runs(quick: bool) -> list[Step]:
+    extra = QUICK_MULTI if quick else ["--epochs", str(TUNE_EPOCHS)]
+    return [Step(f"tune/{name}/{label}", ["train", "--task", "multilabel", *flags, *settings,
+                                          "--seed", str(tables.TUNE_SEED), *extra],
+                 train=True)
+            for name, flags in PEERS.items()
+            for label, settings in tuning_grid(name, quick).items()]
+
+
+def tuned_settings(name: str, quick: bool, runs: Path) -> tuple[str, list[str]]:
+    try:
+        return tables.tuned_settings(name, quick, runs)
+    except tables.MissingRuns as e:
+        raise SystemExit(f"reproduce: the peers wait for their tuning ({e})") from None
+
+
 def peer_runs(quick: bool) -> list[Step]:
-    """Each peer of the CNN-RNN on its shipped recipe (outfits, a fifth of the training mosaics
-    under independent), 3 seeds; the tables evaluate each under outfits, independent and the
-    held-out street and inverted, which no run trains or chooses anything on."""
+    """Each peer of the CNN-RNN on its recipe as shipped (outfits, a fifth of the training
+    mosaics under independent) with the setting its tuning chose (Step.tuned), 3 seeds; the tables
+    evaluate each under outfits, independent and the held-out street and inverted, which no run
+    trains or chooses anything on."""
     extra = QUICK_MULTI if quick else []
     return [Step(f"peers/{name}-s{seed}", ["train", "--task", "multilabel", *flags, "--seed",
-                                          str(seed), *extra], train=True)
+                                          str(seed), *extra], train=True,
+                 after=[f"tune/{name}/{label}" for label in tuning_grid(name, quick)],
+                 tuned=(name, quick))
             for name, flags in PEERS.items() for seed in SEEDS]
 
 
 def plan(quick: bool) -> list[Step]:
     """Every step, in the order they are run: the deciding comparison first (the one-direction
     LSTM, then the cnn, both on their full recipes), then the grid's
-    cross-entropy runs (the sweep's reference), the beta sweep, the rest of the grid, and the
-    CNN-RNN's multilabel peers."""
+    cross-entropy runs (the sweep's reference), the beta sweep, the rest of the grid, the
+    multilabel models' tuning and the CNN-RNN's peers with their tuned settings."""
     grid = severity_grid("lstm", quick)
     first = [s for s in grid if "/ce-s" in s.out or s.out.endswith("own.csv")]
     return [*embedding_runs(quick), *severity_study("lstm", quick), *severity_study("cnn", quick),
             *first, *beta_sweep("lstm", quick), *[s for s in grid if s not in first],
-            *peer_runs(quick)]
+            *tuning_runs(quick), *peer_runs(quick)]
 
 
 # --- running -------------------------------------------------------------------------------
 
 def done(step: Step, runs: Path) -> bool:
     target = runs / step.out
+    if step.train and step.tuned:  # trained with the setting its tuning chose
+        if not all(tables.run_finished(runs / a) for a in step.after):
+            return False
+        _, flags = tuned_settings(*step.tuned, runs)
+        return tables.run_finished(target) and tables.settings_match(target, flags)
     if step.train:
         return tables.run_finished(target)
     if not target.is_file():
@@ -212,6 +242,12 @@ def command(step: Step, runs: Path, cnnrnn: list[str]) -> list[str]:
     if not step.train:
         return [*cnnrnn, *args]
     out = runs / step.out
+    if step.tuned:
+        flags = tuned_settings(*step.tuned, runs)[1]
+        args += flags
+        if (out / "config.toml").is_file() and not tables.settings_match(out, flags):
+            return [*cnnrnn, *args, "--set", "threads=1", "--quiet", "--out", str(out),
+                    "--overwrite"]  # trained with another setting: train it again
     if (out / "last.pt").is_file():  # stopped half-way: continue it
         return [*cnnrnn, "train", "--resume", str(out), "--quiet"]
     return [*cnnrnn, *args, "--set", "threads=1", "--quiet", "--out", str(out),

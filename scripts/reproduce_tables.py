@@ -328,6 +328,7 @@ def _ml_evaluated(run: Path, prior: str) -> tuple[dict[str, Any], dict[str, np.n
 def _peers(runs: Path, name: str, prior: str
            ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
     """The seeds of one peer, evaluated on `prior`'s test mosaics with their own decisions."""
+    _check_tuned(runs, name)
     return [_ml_evaluated(runs / f"peers/{name}-s{s}", prior) for s in SEEDS]
 
 
@@ -492,6 +493,100 @@ def peers_verdict(runs: Path) -> str:
     return "\n\n".join(lines) + "\n"
 
 
+# Each model's own tuning effort (issue 20), on validation only: its recipe's learning rate and
+# the two beside it, and for ASL also the negative focusing exponent; seed 0 on a shorter
+# schedule (TUNE_EPOCHS, stated beside the table). The setting with the best validation O-F1
+# (val_metrics.json: the validation mosaics of the training prior, never a test or held-out
+# prior) is the one the peers experiment trains with 3 seeds. The threshold (bce, query) is
+# chosen on validation inside each run; the count head is a peer of its own.
+TUNE_EPOCHS = 3
+TUNE_LRS = (5e-4, 1e-3, 2e-3)
+TUNE_ASL_GAMMA_NEG = (2.0, 4.0)
+QUICK_TUNE_LRS = (1e-3, 2e-3)
+QUICK_TUNE_ASL_GAMMA_NEG = (4.0,)
+TUNE_METRIC = "O-F1"
+TUNE_SEED = 0
+
+
+def tuning_grid(name: str, quick: bool) -> dict[str, list[str]]:
+    """The settings tried for model `name`: setting label -> `--set` flags."""
+    lrs = QUICK_TUNE_LRS if quick else TUNE_LRS
+    gammas = (QUICK_TUNE_ASL_GAMMA_NEG if quick else TUNE_ASL_GAMMA_NEG) if "asl" in name \
+        else (None,)
+    grid = {}
+    for lr in lrs:
+        for g in gammas:
+            label = f"lr{lr:g}" + (f"-gneg{g:g}" if g is not None else "")
+            grid[label] = ["--set", f"lr={lr:g}",
+                           *(["--set", f"multilabel.asl_gamma_neg={g:g}"] if g is not None
+                             else [])]
+    return grid
+
+
+def tuning_scores(name: str, quick: bool, runs: Path) -> dict[str, float]:
+    """Validation O-F1 of each setting in `name`'s tuning grid (MissingRuns if one is not
+    finished)."""
+    import json
+
+    return {label: json.loads((_finished(runs / f"tune/{name}/{label}") / "val_metrics.json")
+                              .read_text())[TUNE_METRIC]
+            for label in tuning_grid(name, quick)}
+
+
+def tuned_settings(name: str, quick: bool, runs: Path) -> tuple[str, list[str]]:
+    """The label and `--set` flags of `name`'s setting with the best validation O-F1 (ties:
+    the first in the grid's order)."""
+    scores = tuning_scores(name, quick, runs)
+    best = max(scores, key=lambda k: scores[k])
+    return best, tuning_grid(name, quick)[best]
+
+
+def settings_match(run: Path, flags: list[str]) -> bool:
+    """Whether the config of `run` holds every `--set key=value` of `flags`."""
+    import tomllib
+
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    for key, value in (f.split("=", 1) for f in flags[1::2]):
+        node: object = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None or float(node) != float(value):
+            return False
+    return True
+
+
+def _check_tuned(runs: Path, name: str) -> None:
+    """MissingRuns when `name`'s tuning is finished and a peers run was trained with another
+    setting than the one it chose (make reproduce trains it again); untuned runs pass. The
+    grid is the one whose runs are there (a runs folder holds the full or the QUICK one)."""
+    for quick in (False, True):
+        try:
+            _, flags = tuned_settings(name, quick, runs)
+            break
+        except MissingRuns:
+            continue
+    else:
+        return
+    for s in SEEDS:
+        if not settings_match(_finished(runs / f"peers/{name}-s{s}"), flags):
+            raise MissingRuns(f"peers/{name}-s{s} was trained with another setting than its "
+                              "tuning chose")
+
+
+def peers_tuning(runs: Path, quick: bool) -> str:
+    """Each model's tuning: validation O-F1 of every setting, the chosen one in bold."""
+    lines = ["| model | setting: validation O-F1 | chosen |", "|---|---|---|"]
+    for name, label in PEER_LABELS.items():
+        scores = tuning_scores(name, quick, runs)
+        best, _ = tuned_settings(name, quick, runs)
+        cells = ", ".join((f"**{k}: {v:.4f}**" if k == best else f"{k}: {v:.4f}")
+                          for k, v in scores.items())
+        lines.append(f"| {label} | {cells} | {best} |")
+    schedule = "the QUICK size" if quick else f"{TUNE_EPOCHS} of the recipes' 6 epochs"
+    return ("\n".join(lines) + f"\n\n(seed {TUNE_SEED}, {schedule}; lr: learning rate, gneg: "
+            "ASL's negative focusing exponent.)\n")
+
+
 def _signed_cell(values: list[float]) -> str:
     s = stats.summary(values)
     return (f"{_fmt(s['mean'], False, True)} ± {_fmt(s['sd'], False)} "
@@ -526,4 +621,5 @@ GENERATORS: dict[str, Callable[[Path, bool], str]] = {
     "peers-cooccurrence": _block(peers_cooccurrence, "outfits"),
     "peers-priors": peers_priors,
     "peers-verdict": _block(peers_verdict),
+    "peers-tuning": peers_tuning,
 }

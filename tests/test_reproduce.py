@@ -51,6 +51,8 @@ def test_plan_pins_one_thread_and_orders_every_step_after_its_inputs(tmp_path):
         for i, step in enumerate(steps):
             for need in step.after:  # made by an earlier step
                 assert need in outs[:i], (step.out, need)
+            if step.tuned:  # its command needs the tuning's results: the test below
+                continue
             cmd = reproduce.command(step, tmp_path, ["cnnrnn"])
             if step.train:
                 i = cmd.index("threads=1")
@@ -122,3 +124,37 @@ def test_the_peers_verdict_checks_each_target_on_the_runs(monkeypatch, tmp_path)
     assert ": not met. `street`: CNN-RNN minus the best peer there, query head, -0.1" in second
     assert "`inverted`: CNN-RNN minus the best peer there, query head" in second
     assert ": not met. `street`: the CNN-RNN -0.2" in third and "query head +0.1" in third
+
+
+def test_each_peer_trains_with_the_setting_its_tuning_chose_on_validation(tmp_path):
+    """The peers wait for their tuning runs; the setting with the best validation O-F1 is
+    added to their command; a peers run trained with another setting is not done."""
+    grid = reproduce.tuning_grid("bce-asl", False)
+    assert len(grid) == 6 and len(reproduce.tuning_grid("bce", False)) == 3
+    tune = [s for s in reproduce.plan(False) if s.out.startswith("tune/")]
+    assert len(tune) == 4 * 3 + 2 * 6
+    assert all("--epochs" in s.args and "--prior" not in s.args for s in tune)
+    peer = next(s for s in reproduce.plan(False) if s.out == "peers/bce-asl-s1")
+    assert set(peer.after) == {f"tune/bce-asl/{label}" for label in grid}
+    with pytest.raises(SystemExit, match="the peers wait for their tuning"):
+        reproduce.command(peer, tmp_path, ["cnnrnn"])
+    scores = dict(zip(grid, [0.90, 0.91, 0.95, 0.93, 0.80, 0.94], strict=True))
+    for label, score in scores.items():  # lr 0.001, gneg 2 is the best on validation
+        run = tmp_path / f"tune/bce-asl/{label}"
+        run.mkdir(parents=True)
+        (run / "val_metrics.json").write_text(json.dumps({"O-F1": score, "exact_match": 1.0}))
+    finished = reproduce_tables.run_finished
+    try:
+        reproduce_tables.run_finished = lambda path: True
+        cmd = reproduce.command(peer, tmp_path, ["cnnrnn"])
+        assert " ".join(cmd[-9:-5]) == "--set lr=0.001 --set multilabel.asl_gamma_neg=2"
+        assert " ".join(cmd[-5:-1]) == "--set threads=1 --quiet --out"
+        out = tmp_path / "peers/bce-asl-s1"
+        out.mkdir(parents=True)
+        (out / "config.toml").write_text("lr = 0.001\n[multilabel]\nasl_gamma_neg = 4.0\n")
+        assert not reproduce.done(peer, tmp_path)  # the recipe's gamma, not the chosen one
+        assert reproduce.command(peer, tmp_path, ["cnnrnn"])[-1] == "--overwrite"
+        (out / "config.toml").write_text("lr = 0.001\n[multilabel]\nasl_gamma_neg = 2.0\n")
+        assert reproduce.done(peer, tmp_path)
+    finally:
+        reproduce_tables.run_finished = finished
