@@ -215,6 +215,9 @@ def evaluate(
     decision: Annotated[str | None, typer.Option(
         help="single-label runs: argmax, or crm (the class of least expected cost under "
         "--costs, else the run's own costs)")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="bce and query runs: one threshold for every label instead of the ones chosen "
+        "on validation")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     plots: Annotated[bool, typer.Option(
         help="Also write the task's figures (single-label: the confusion matrix) into the run "
@@ -241,6 +244,7 @@ def evaluate(
         _cooccurrence(run, protocol, prior, checkpoint, device, as_json, data_dir,
                       {"--split": split if split != "test" else None, "--beam-width": beam_width,
                        "--tta": tta, "--costs": costs, "--decision": decision,
+                       "--threshold": threshold,
                        "--plots": plots or None, "--format": fmt})
         return
     if fmt is not None and not plots:
@@ -250,7 +254,7 @@ def evaluate(
     from cnnrnn.evaluate import evaluate_samples
 
     options = {"beam_width": beam_width, "tta_flip": tta, "costs": costs, "decision": decision,
-               "prior": prior}
+               "prior": prior, "threshold": threshold}
     result = evaluate_samples(run, split, data_dir, checkpoint, device, options, _note,
                               save=save)[0]
     if result.pop("reused", False) and not as_json:  # --json: the same JSON, nothing else
@@ -321,6 +325,9 @@ def predict(
         "run's own costs)")] = None,
     costs: Annotated[str | None, typer.Option(
         help="The class-cost matrix of --decision crm (a file or 'hierarchy')")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="bce and query runs: one threshold for every label instead of the ones chosen "
+        "on validation (the JSON gives the thresholds used)")] = None,
 ) -> None:
     """Predict the classes (or label sets) of images: a table on a terminal, else JSON that
     names each image (--json, --out)."""
@@ -337,7 +344,9 @@ def predict(
     if as_json and table:
         raise CnnrnnError("choose one of --json and --table")
     result = predict_run(run, inputs, device, invert,
-                         options={"decision": decision, "costs": costs}, say=_note, fit=fit)
+                         options={"decision": decision, "costs": costs,
+                                  "threshold": threshold},
+                         say=_note, fit=fit)
     if out:
         atomic_write(out, json.dumps(result))
         typer.echo(f"wrote {out}", err=True)

@@ -42,6 +42,7 @@ DECISIONS = ("argmax", "crm")
 STEP_TARGETS = ("next", "set")  # the CNN-RNN's step target (cnnrnn.losses.SequenceNLL)
 # the per-label loss of the binary-relevance heads (bce, query): cnnrnn.losses.label_loss
 LABEL_LOSSES = ("bce", "asl")
+THRESHOLDS = ("global", "per-label")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -132,6 +133,13 @@ class MultilabelConfig:
     asl_gamma_pos: float = 1.0  # asl: focusing exponent of the positive labels
     asl_clip: float = 0.05  # asl: probability margin shifted onto the negatives; 0 = off
     count_weight: float = 1.0  # model.count_head: weight of the count's cross-entropy
+    # per-label heads (bce, query): the decision thresholds chosen on validation, "global" (one
+    # for every label, the best O-F1) or "per-label" (each label's own, the best F1 of that
+    # label; a label without a positive validation mosaic is never predicted)
+    thresholds: str = "global"
+    # evaluation and predict: one fixed threshold for every label instead of the chosen ones
+    # (`--threshold`); 0 = the chosen ones
+    threshold: float = 0.0
 
     def validate(self) -> None:
         _check_choice("multilabel.order", self.order, ORDERS)
@@ -141,6 +149,10 @@ class MultilabelConfig:
                            ("multilabel.count_weight", self.count_weight)):
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
+        _check_choice("multilabel.thresholds", self.thresholds, THRESHOLDS)
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"multilabel.threshold must be in [0, 1) (0: the thresholds "
+                              f"chosen on validation), got {self.threshold}")
         if not 0.0 <= self.asl_clip < 1.0:
             raise ConfigError(f"multilabel.asl_clip must be in [0, 1), got {self.asl_clip}")
         _check_choice("multilabel.step_target", self.step_target, STEP_TARGETS)

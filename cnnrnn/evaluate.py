@@ -292,7 +292,13 @@ def predict_run(run: str | Path, input_path: str | Path | np.ndarray | torch.Ten
         outputs = predict_images(task, model, images, cfg, device)
     else:  # every output empty: the task's JSON keys with empty lists, the model never run
         outputs = defaultdict(lambda: torch.empty(0))
-    return {"classes": list(CLASSES), "names": names, **task.format_predictions(outputs)}
+    result = {"classes": list(CLASSES), "names": names, **task.format_predictions(outputs)}
+    if isinstance(getattr(model, "threshold", None), torch.Tensor) and \
+            getattr(model, "count", None) is None:  # the thresholds the label sets used
+        fixed = cfg.multilabel.threshold
+        result["thresholds"] = [fixed] * len(CLASSES) if fixed else \
+            [round(float(t), 6) for t in model.threshold]
+    return result
 
 
 def compare_runs(runs: list[str | Path], data_dir: str | Path | None = None,

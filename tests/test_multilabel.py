@@ -120,10 +120,12 @@ def test_encoder_from_a_fine_tuned_multilabel_run(encoder_run, data_dir, tmp_pat
 def test_bce_threshold_is_chosen_on_validation_and_saved(encoder_run, data_dir, tmp_path):
     run = tmp_path / "bce"
     train(ml_config("bce", encoder_run), run, data_dir=data_dir)
-    threshold = float(load_checkpoint(run / "best.pt")["model"]["threshold"])
+    thresholds = load_checkpoint(run / "best.pt")["model"]["threshold"]
+    assert thresholds.shape == (10,) and (thresholds == thresholds[0]).all()  # one for all
+    threshold = float(thresholds[0])
     assert 0.0 < threshold < 1.0 and threshold != 0.5
     _, _, model, _ = load_run(run)
-    assert float(model.threshold) == threshold
+    assert torch.equal(model.threshold, thresholds)
     history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["val_loss"]) for r in history)  # the BCE on validation mosaics
     # `cnnrnn analyze errors` on this run: its shares add up and agree with evaluate

@@ -178,7 +178,9 @@ def test_query_trains_end_to_end_with_a_threshold(data_dir, tmp_path):
     result = train_tiny("query", run, data_dir, **{"model.d_model": 32})
     assert 0.0 <= result["O-F1"] <= 1.0 and result["mAP"] is not None
     _, _, model, _ = load_run(run)
-    assert 0.0 < float(model.threshold) < 1.0 and float(model.threshold) != 0.5
+    t = model.threshold  # (10,), one value: the global threshold chosen on validation
+    assert t.shape == (10,) and (t == t[0]).all() and 0.0 < float(t[0]) < 1.0
+    assert float(t[0]) != 0.5
 
 
 def test_cnnrnn_models_lists_the_query_head():
@@ -252,3 +254,73 @@ def test_no_recipe_names_a_held_out_prior():
         assert not any(f'"{name}"' in path.read_text() for name in HELD_OUT), path
     for name in HELD_OUT:
         assert (CONFIGS / "mosaics" / f"{name}.toml").is_file()
+
+
+# --- per-label thresholds --------------------------------------------------------------------
+
+def test_per_label_thresholds_maximise_each_labels_f1():
+    from cnnrnn.models.bce import choose_label_thresholds, choose_threshold
+
+    g = torch.Generator().manual_seed(4)
+    y = (torch.rand(300, 4, generator=g) < torch.tensor([0.1, 0.3, 0.5, 0.0])).float()
+    scores = (0.3 * y + torch.rand(300, 4, generator=g) * torch.tensor([1.0, 0.6, 1.5, 1.0]))
+    chosen = choose_label_thresholds(scores, y)
+    assert chosen.shape == (4,) and len(set(chosen.tolist())) > 1
+
+    def f1(k: int, t: float) -> float:
+        p, truth = scores[:, k] >= t, y[:, k] != 0
+        tp = float((p & truth).sum())
+        return 2 * tp / max(float(p.sum() + truth.sum()), 1.0)
+
+    for k in range(3):  # brute force over every cut of the label's own scores
+        best = max(f1(k, float(t)) for t in scores[:, k])
+        assert f1(k, float(chosen[k])) == pytest.approx(best)
+        assert float(chosen[k]) == choose_threshold(scores[:, k], y[:, k])
+    assert float(chosen[3]) > float(scores[:, 3].max())  # no positive: never predicted
+
+
+def test_per_label_thresholds_are_stored_and_predict_can_override_them(data_dir, tmp_path):
+    run = tmp_path / "bce-per-label"
+    result = train_tiny("bce", run, data_dir, **{"multilabel.thresholds": "per-label"})
+    _, _, model, _ = load_run(run)
+    t = model.threshold
+    assert t.shape == (10,) and len(set(t.tolist())) > 1  # each label its own
+    from cnnrnn.evaluate import evaluate_samples, predict_run
+
+    _, samples = evaluate_samples(run, "test", data_dir, save=False)
+    assert np.array_equal(samples["y_pred"], (samples["scores"] >= t.numpy()).astype(np.uint8))
+    assert result["O-F1"] == pytest.approx(
+        multilabel_metrics(samples["y_true"], samples["y_pred"], samples["scores"])["O-F1"])
+    x = np.zeros((4, 56, 56), np.uint8)
+    x[:, 2:26, 2:26] = 200
+    own = predict_run(run, x)
+    assert own["thresholds"] == pytest.approx(t.tolist(), abs=1e-6)
+    high = predict_run(run, x, options={"threshold": 0.999})
+    assert high["thresholds"] == [0.999] * 10
+    for sets, row in zip(high["label_sets"], high["scores"], strict=True):
+        assert sets == [k for k, score in enumerate(row) if score >= 0.999]
+    for sets, row in zip(own["label_sets"], own["scores"], strict=True):
+        assert sets == [k for k, score in enumerate(row) if score >= t[k]]
+
+
+def test_a_checkpoint_with_one_scalar_threshold_still_loads():
+    _, _, model, state = load_run(FIXTURE_ENCODER)  # written before per-label thresholds
+    assert state["model"]["threshold"].ndim == 0
+    assert model.threshold.shape == (10,)
+    assert torch.allclose(model.threshold, state["model"]["threshold"].expand(10))
+
+
+def test_threshold_options_are_checked(user_error, tmp_path):
+    with pytest.raises(ConfigError, match="multilabel.thresholds"):
+        load_config("multilabel", "bce", overrides={"multilabel.thresholds": "perlabel"})
+    with pytest.raises(ConfigError, match=r"multilabel.threshold must be in \[0, 1\)"):
+        load_config("multilabel", "bce", overrides={"multilabel.threshold": 1.5})
+    line = user_error("evaluate", Path(__file__).parent / "fixtures" / "old_runs" / "gru",
+                      "--threshold", "0.4")
+    assert "--threshold applies to multilabel runs" in line
+    from cnnrnn.errors import CnnrnnError
+    from cnnrnn.tasks import get_task
+
+    counted = load_config("multilabel", "bce", overrides={"model.count_head": True})
+    with pytest.raises(CnnrnnError, match="does not apply to a run with a count head"):
+        get_task("multilabel").with_options(counted, {"threshold": 0.5})

@@ -245,7 +245,7 @@ def bce_saliency(model: BCEHead, x: Tensor, labels: Tensor | None = None) -> Sal
         if labels is not None:
             given = labels.to(features.device)
             return given, logits.gather(1, given.clamp(min=0))
-        predicted = torch.sigmoid(logits) >= float(model.threshold)
+        predicted = torch.sigmoid(logits) >= model.threshold  # one or (K,) per label
         T = max(1, int(predicted.sum(1).max()))
         ids = torch.arange(model.num_labels, device=x.device).expand_as(predicted)
         key = torch.where(predicted, ids, model.num_labels + ids)  # predicted labels first

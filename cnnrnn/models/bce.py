@@ -1,8 +1,9 @@
 """Binary relevance, the baseline the CNN-RNN is measured against: the same encoder, one linear
 layer with K outputs, and an independent sigmoid per label trained with binary cross-entropy.
 It ignores label co-occurrence by construction; a single decision threshold, chosen on
-validation data to maximise O-F1 (micro F1), turns its scores into label sets; with a count
-head (models/count.py) each image gets its predicted number of top-scored labels instead.
+validation data to maximise O-F1 (micro F1), turns its scores into label sets (or one per label,
+`multilabel.thresholds = "per-label"`, each maximising its label's F1); with a count head
+(models/count.py) each image gets its predicted number of top-scored labels instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ class PerLabelHead(HasEncoder):
     define `logits_from_features`, (B, D) pooled features -> (B, K) logits."""
 
     count: CountHead | None
+    threshold: Tensor  # (K,) the decision thresholds chosen on validation (a buffer)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # checkpoints before per-label thresholds hold one scalar threshold for every label
+        key = prefix + "threshold"
+        if key in state_dict and state_dict[key].ndim == 0 and hasattr(self, "threshold"):
+            state_dict[key] = state_dict[key].expand_as(self.threshold).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def logits_from_features(self, features: Tensor) -> Tensor:
         raise NotImplementedError
@@ -39,17 +48,18 @@ class PerLabelHead(HasEncoder):
 
     @torch.no_grad()
     def predict_from_features(
-        self, features: Tensor, threshold: float = 0.5
+        self, features: Tensor, threshold: float | Tensor = 0.5
     ) -> tuple[Tensor, Tensor]:
         """(B, D) -> label sets (B, K) uint8 and sigmoid scores (B, K). A set holds the labels
-        of score >= threshold, or with the count head the predicted count's top-scored ones."""
+        of score >= threshold (one for all, or (K,) one per label), or with the count head the
+        predicted count's top-scored ones."""
         scores = torch.sigmoid(self.logits_from_features(features).float())
         if self.count is not None:
             return top_k_sets(scores, self.count(features).argmax(1)), scores
         return (scores >= threshold).to(torch.uint8), scores
 
     @torch.no_grad()
-    def predict(self, x: Tensor, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    def predict(self, x: Tensor, threshold: float | Tensor = 0.5) -> tuple[Tensor, Tensor]:
         """(B, 1, H, W) images -> label sets (B, K) uint8 and scores (B, K); call eval() first."""
         features = self.encode(x).float()  # (B, D)
         with torch.autocast(x.device.type, enabled=False):
@@ -77,6 +87,13 @@ class BCEHead(PerLabelHead):
     def logits_from_features(self, features: Tensor) -> Tensor:
         """(B, D) -> (B, K) logits."""
         return self.head(self.dropout(features))
+
+
+def choose_label_thresholds(scores: Tensor, y_true: Tensor) -> Tensor:
+    """(K,) a threshold per label: choose_threshold on each label's column of the (N, K)
+    validation scores, so each maximises its own label's F1."""
+    return torch.tensor([choose_threshold(scores[:, k], y_true[:, k])
+                         for k in range(scores.shape[1])])
 
 
 def choose_threshold(scores: Tensor, y_true: Tensor) -> float:

@@ -152,8 +152,9 @@ def build_bce(args: BCEArgs, num_classes: int, encoder: nn.Module | None = None,
     encoder = encoder if encoder is not None else build_encoder(args)
     encoder.use_pooling("max", args.image_grid, args.per_cell)
     model = BCEHead(encoder, num_classes, args.dropout, freeze_encoder, args.count_head)
-    # The decision threshold is chosen on validation data; a buffer, so checkpoints carry it.
-    model.register_buffer("threshold", torch.tensor(0.5))
+    # The decision thresholds (one per label) are chosen on validation data; a buffer, so
+    # checkpoints carry them.
+    model.register_buffer("threshold", torch.full((num_classes,), 0.5))
     return model
 
 
@@ -163,7 +164,7 @@ def build_query(args: QueryArgs, num_classes: int, encoder: nn.Module | None = N
     encoder.use_pooling("max", args.image_grid, args.per_cell)
     model = QueryHead(encoder, num_classes, args.d_model, args.heads,  # type: ignore[arg-type]
                       args.layers, args.dropout, freeze_encoder, args.count_head)
-    model.register_buffer("threshold", torch.tensor(0.5))  # chosen on validation, as bce's
+    model.register_buffer("threshold", torch.full((num_classes,), 0.5))  # as bce's
     return model
 
 

@@ -34,7 +34,7 @@ from cnnrnn.errors import CheckpointError, CnnrnnError
 from cnnrnn.losses import SequenceNLL, label_loss
 from cnnrnn.metrics.multilabel import multilabel_metrics
 from cnnrnn.metrics.severity import set_severity
-from cnnrnn.models.bce import choose_threshold
+from cnnrnn.models.bce import choose_label_thresholds, choose_threshold
 from cnnrnn.models.encoder import GridEncoder
 from cnnrnn.models.heads import build_encoder
 from cnnrnn.models.registry import get_entry
@@ -210,7 +210,8 @@ FAMILIES: dict[str, Family] = {
         describe=lambda cfg: {"order": cfg.multilabel.order}),
     "bce": Family(
         criterion=lambda cfg: label_loss(cfg.multilabel),
-        decode=lambda model, x, cfg: model.predict(x, float(model.threshold)),
+        decode=lambda model, x, cfg: model.predict(x, cfg.multilabel.threshold or
+                                                   model.threshold),
         build_kwargs=lambda cfg, data: {},
         calibrated=True),
 }
@@ -238,6 +239,8 @@ class Multilabel(Task):
     eval_options = {"beam_width": EvalOption("multilabel.beam_width", "--beam-width",
                                              models=("cnn-rnn",)),
                     "costs": EvalOption("multilabel.costs", "--costs"),
+                    "threshold": EvalOption("multilabel.threshold", "--threshold",
+                                            models=("bce", "query")),
                     # test mosaics under another label prior: the prior-shift experiment
                     "prior": EvalOption("multilabel.prior", "--prior")}
     pretrained_encoder = True
@@ -264,6 +267,9 @@ class Multilabel(Task):
         prior alone. The run's share of `independent` training mosaics (mix_independent)
         shapes training batches only, never validation or test mosaics, and a prior that
         draws other item counts (inverted) could not mix with `independent` at all."""
+        if options.get("threshold") is not None and getattr(cfg.model_args, "count_head", False):
+            raise CnnrnnError("--threshold does not apply to a run with a count head: it gives "
+                              "each image its predicted number of top-scored labels")
         out = super().with_options(cfg, options)
         if options.get("prior") is None or not out.multilabel.mix_independent:
             return out
@@ -310,13 +316,20 @@ class Multilabel(Task):
 
     def calibrate(self, model: nn.Module, outputs: dict[str, torch.Tensor],
                   targets: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-        """BCE: choose the decision threshold on validation data (best O-F1) and apply it;
-        a model with a count head keeps its top-k sets."""
-        if not FAMILIES[cfg.model].calibrated or getattr(model, "count", None) is not None:
+        """BCE and query: choose the decision thresholds on validation data (one, the best
+        O-F1, or one per label, each the best F1 of its label: `multilabel.thresholds`) and
+        apply them; a model with a count head keeps its top-k sets, and a fixed
+        `multilabel.threshold` is kept as given."""
+        if (not FAMILIES[cfg.model].calibrated or getattr(model, "count", None) is not None
+                or cfg.multilabel.threshold):
             return outputs  # a count head gives each image its number of labels: no threshold
-        t = choose_threshold(outputs["scores"], targets)
-        model.threshold.fill_(t)
-        return {**outputs, "label_sets": (outputs["scores"] >= t).to(torch.uint8)}
+        scores = outputs["scores"]
+        if cfg.multilabel.thresholds == "per-label":
+            t = choose_label_thresholds(scores, targets)
+        else:
+            t = torch.full((scores.shape[1],), choose_threshold(scores, targets))
+        model.threshold.copy_(t)
+        return {**outputs, "label_sets": (scores >= t).to(torch.uint8)}
 
     def metrics(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor,
                 cfg: TrainConfig) -> dict[str, Any]:
