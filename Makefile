@@ -28,7 +28,7 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
-# the inner loop: the tests not marked slow (the slow marks are still being completed)
+# the inner loop: the tests not marked slow (every test that reads Fashion-MNIST is: conftest.py)
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 

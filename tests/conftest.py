@@ -91,3 +91,13 @@ def _few_threads(monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setattr("cnnrnn.threads.busy_cpus", lambda: os.cpu_count() or 1)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that reads Fashion-MNIST (it asks for the `data_dir` or `fmnist` fixture, itself
+    or through another fixture) trains, evaluates or draws mosaics on real data: it is marked
+    `slow`, so `make test-fast` (`-m "not slow"`) leaves it out. Other long tests carry the
+    mark by hand (a subprocess install, the demo)."""
+    for item in items:
+        if {"data_dir", "fmnist"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
