@@ -210,34 +210,51 @@ def costs_compared(runs: Path) -> str:
     return markdown(compare_costs({name: load_costs(s) for name, s in specs.items()}))
 
 
+LEDGER = Path(__file__).resolve().parent.parent / "docs" / "runs-ledger.json"
+
+
 def cost(runs: Path, quick: bool) -> str:
-    """Every finished run of the reproduction: where it trained and for how long."""
+    """Every finished run behind the pages: where it trained and for how long.
+
+    The full reproduction keeps a ledger of the runs it has seen (docs/runs-ledger.json,
+    written here, never by hand): a machine that holds only some run folders (a partial
+    `--only` reproduction, a fresh clone) still lists the others with their recorded CPU and
+    time, and a run folder present replaces its entry. QUICK runs use no ledger."""
     import json
 
-    rows, total, cpus = [], 0.0, set()
+    ledger = json.loads(LEDGER.read_text()) if LEDGER.is_file() and not quick else \
+        {"runs": {}, "encoders": {}}
     for history in sorted(runs.glob("**/metrics.jsonl")):
         run = history.parent
-        if "cache" in run.parts:
+        if "cache" in run.parts or not run_finished(run):
             continue
         seconds = sum(json.loads(line).get("train_seconds") or 0.0
                       for line in history.read_text().splitlines())
         env = json.loads((run / "environment.json").read_text()) \
             if (run / "environment.json").is_file() else [{}]
-        cpu = env[-1].get("cpu", "?")
-        cpus.add(cpu)
-        total += seconds
-        rows.append(f"| {run.relative_to(runs)} | {cpu} | {env[-1].get('threads', '?')} | "
-                    f"{seconds / 60:.1f} |")
-    if not rows:
+        ledger["runs"][str(run.relative_to(runs))] = {
+            "cpu": env[-1].get("cpu", "?"), "threads": env[-1].get("threads", "?"),
+            "minutes": round(seconds / 60, 1)}
+    for history in sorted(runs.glob("cache/encoders/*/metrics.jsonl")):
+        env = history.parent / "environment.json"
+        ledger["encoders"][history.parent.name] = {
+            "cpu": json.loads(env.read_text())[-1].get("cpu", "?") if env.is_file() else "?",
+            "minutes": round(sum(json.loads(line).get("train_seconds") or 0.0
+                                 for line in history.read_text().splitlines()) / 60, 1)}
+    if not ledger["runs"]:
         raise MissingRuns("no runs trained")
-    pretrain = sorted(runs.glob("cache/encoders/*/metrics.jsonl"))
-    pre = sum(json.loads(line).get("train_seconds") or 0.0
-              for h in pretrain for line in h.read_text().splitlines())
+    if not quick:
+        LEDGER.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+    rows = [f"| {run} | {e['cpu']} | {e['threads']} | {e['minutes']:.1f} |"
+            for run, e in sorted(ledger["runs"].items())]
+    total = sum(e["minutes"] for e in ledger["runs"].values())
+    pre = sum(e["minutes"] for e in ledger["encoders"].values())
+    cpus = sorted({e["cpu"] for e in ledger["runs"].values()})
     size = "QUICK (tiny) " if quick else ""
     return ("| run | CPU | threads | training minutes |\n|---|---|---:|---:|\n"
             + "\n".join(rows) + "\n\n"
-            f"{size}training time of these {len(rows)} runs: {total / 3600:.2f} hours "
-            f"({'; '.join(sorted(cpus))}), plus {pre / 60:.1f} minutes for the encoders "
+            f"{size}training time of these {len(rows)} runs: {total / 60:.2f} hours "
+            f"({'; '.join(cpus)}), plus {pre:.1f} minutes for the encoders "
             "they pretrained, one thread each (so CPU hours equal these hours; "
             "evaluation and validation come on top).\n")
 

@@ -158,3 +158,19 @@ def test_each_peer_trains_with_the_setting_its_tuning_chose_on_validation(tmp_pa
         assert reproduce.done(peer, tmp_path)
     finally:
         reproduce_tables.run_finished = finished
+
+
+def test_the_cost_block_keeps_runs_seen_before_in_its_ledger(monkeypatch, tmp_path):
+    """A fresh machine holds only the run folders it trained: the ledger keeps the others."""
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text(json.dumps({"runs": {"old/a-s0": {"cpu": "CPU X", "threads": 1,
+                                                        "minutes": 30.0}},
+                                  "encoders": {"enc": {"cpu": "CPU X", "minutes": 6.0}}}))
+    monkeypatch.setattr(reproduce_tables, "LEDGER", ledger)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    text = reproduce_tables.cost(runs, False)
+    assert "| old/a-s0 | CPU X | 1 | 30.0 |" in text
+    assert "these 1 runs: 0.50 hours (CPU X), plus 6.0 minutes" in text
+    with pytest.raises(reproduce_tables.MissingRuns):  # QUICK runs never read the ledger
+        reproduce_tables.cost(runs, True)
