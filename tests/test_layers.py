@@ -34,9 +34,10 @@ FLOORS: dict[int, tuple[str, ...]] = {
     # 0: the exception hierarchy that every other module raises from, and the version
     0: ("cnnrnn.errors", "cnnrnn.version"),
     # 1: leaf utilities: progress reporting, devices and autocast, CPU threads, atomic files
-    #    and recipe paths, field checking, reading image files, and the metrics, which work on
-    #    plain arrays
+    #    and recipe paths, field checking, reading image files, class hierarchies from files,
+    #    and the metrics, which work on plain arrays
     1: (
+        "cnnrnn.hierarchy",
         "cnnrnn.progress",
         "cnnrnn.precision",
         "cnnrnn.threads",
